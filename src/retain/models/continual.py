@@ -43,7 +43,9 @@ class ContinualModel(nn.Module):
     ) -> None:
         super().__init__()
         if head not in HEAD_LAYOUTS:
-            raise ValueError(f"unknown head layout {head!r}; choose one of {', '.join(HEAD_LAYOUTS)}")
+            raise ValueError(
+                f"unknown head layout {head!r}; choose one of {', '.join(HEAD_LAYOUTS)}"
+            )
         if not hasattr(backbone, "out_features"):
             raise ValueError("the backbone needs an integer attribute 'out_features'")
         self.backbone = backbone
@@ -51,7 +53,9 @@ class ContinualModel(nn.Module):
         self.classes_per_task = [int(c) for c in classes_per_task]
         d = int(backbone.out_features)
         if head == "task":
-            self.heads = nn.ModuleList(nn.Linear(d, c, bias=head_bias) for c in self.classes_per_task)
+            self.heads = nn.ModuleList(
+                nn.Linear(d, c, bias=head_bias) for c in self.classes_per_task
+            )
         else:
             if len(set(self.classes_per_task)) != 1:
                 raise ValueError("a shared head needs the same number of classes in every task")
@@ -59,7 +63,9 @@ class ContinualModel(nn.Module):
         offsets = [0]
         for c in self.classes_per_task[:-1]:
             offsets.append(offsets[-1] + c)
-        self.register_buffer("class_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False)
+        self.register_buffer(
+            "class_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False
+        )
 
     @property
     def n_tasks(self) -> int:
@@ -80,7 +86,9 @@ class ContinualModel(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
-    def logits(self, features: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
+    def logits(
+        self, features: Tensor, task_id: int | None = None, upto: int | None = None
+    ) -> Tensor:
         """Logits from features: task ``task_id``'s head, or all heads ``< upto`` concatenated."""
         if task_id is not None or self.shared_head:
             return self.head(0 if task_id is None else task_id)(features)

@@ -1,0 +1,95 @@
+"""Backbones by name, for configs and the command line.
+
+``build_backbone("alexnet", (3, 32, 32), drop1=0.3)`` or
+``build_model("mlp", (1, 28, 28), [2] * 5, hidden=[400, 400])``. Options are the keyword
+arguments of the backbone's constructor; a misspelt one is an error, not silently ignored.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from retain.models.alexnet import AlexNet
+from retain.models.continual import ContinualModel
+from retain.models.mlp import MLP
+from retain.models.resnet import ReducedResNet18, ResNet18
+
+BackboneBuilder = Callable[..., nn.Module]
+"""Called as ``builder(input_shape, **options)``; returns a module with ``out_features``."""
+
+MODELS: dict[str, BackboneBuilder] = {
+    "mlp": MLP,
+    "alexnet": AlexNet,
+    "resnet18": ResNet18,
+    "reduced-resnet18": ReducedResNet18,
+}
+
+MODEL_DESCRIPTIONS: dict[str, str] = {
+    "mlp": "fully connected ReLU net on the flattened input (default 400-400)",
+    "alexnet": "HAT/SPG AlexNet-like net: 3 convs (64/128/256) + 2 x 2048 fc; optional WSN BN",
+    "resnet18": "CIFAR ResNet-18 (3x3 stem, no max-pool), width nf=64 (nf=20: GPM/WSN reduced)",
+    "reduced-resnet18": "Dynamos backbone: first two ResNet-18 stages at nf=32 (32/64 channels)",
+}
+
+
+def describe_models() -> list[tuple[str, str]]:
+    """``(name, one-line description)`` for every registered backbone, in registry order."""
+    return [(name, MODEL_DESCRIPTIONS.get(name, "")) for name in MODELS]
+
+
+def model_options(name: str) -> list[str]:
+    """The option names ``build_backbone(name, ...)`` accepts (constructor keywords)."""
+    builder = _builder(name)
+    params = inspect.signature(builder).parameters.values()
+    return [
+        p.name
+        for p in list(params)[1:]  # the first parameter is input_shape
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    ]
+
+
+def build_backbone(name: str, input_shape: int | Sequence[int], **kwargs: Any) -> nn.Module:
+    """Build the backbone ``name`` for samples of shape ``input_shape``.
+
+    Lists among the options (as YAML gives them, e.g. ``hidden: [400, 400]``) become tuples.
+
+    Raises:
+        ValueError: unknown model name (the message lists the valid ones) or unknown option
+            (the message names it and lists the accepted ones).
+    """
+    builder = _builder(name)
+    accepted = model_options(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ValueError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for model {name!r}; accepted: {', '.join(accepted)}"
+        )
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    if isinstance(input_shape, list):
+        input_shape = tuple(input_shape)
+    return builder(input_shape, **options)
+
+
+def build_model(
+    name: str,
+    input_shape: int | Sequence[int],
+    classes_per_task: Sequence[int],
+    head: str = "task",
+    head_bias: bool = True,
+    **kwargs: Any,
+) -> ContinualModel:
+    """``ContinualModel(build_backbone(name, input_shape, **kwargs), classes_per_task, head)``."""
+    backbone = build_backbone(name, input_shape, **kwargs)
+    return ContinualModel(backbone, classes_per_task, head=head, head_bias=head_bias)
+
+
+def _builder(name: str) -> BackboneBuilder:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None

@@ -1,0 +1,207 @@
+"""Residual backbones for small images (28-32 px): the CIFAR ResNet-18 and the Dynamos reduced one.
+
+Both are built from the same ``BasicBlock`` (He et al., CVPR 2016) and the same stem: a 3x3 conv
+with stride 1 and no max-pool, the usual CIFAR adaptation, so a 32x32 input reaches the last
+stage at 4x4. Features are the global average pool of the last stage.
+
+* ``ResNet18``: four stages of two blocks, ``nf, 2nf, 4nf, 8nf`` channels, strides 1/2/2/2.
+  ``nf=64`` is the standard CIFAR ResNet-18 (used by ScrollNet, Yang et al., ICCV-W 2023, through
+  FACIL); ``nf=20`` is the "reduced ResNet-18" of GEM/GPM used by WSN (Kang et al., ICML 2022)
+  on 5-Datasets.
+* ``ReducedResNet18``: the Dynamos backbone (Varma et al., VISAPP 2023, Sec. 5 and Table 4):
+  the first two stages only, ``nf=32``, i.e. 32 and 64 channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from retain.models.layers import batch_norm as make_batch_norm
+from retain.models.layers import image_shape
+
+INITS = ("kaiming", "default")
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convs with BN and a residual connection (He et al., CVPR 2016).
+
+    ``out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``. The shortcut is a 1x1 conv
+    (stride ``stride``) + BN when the shape changes, else the identity.
+
+    The parts are plain attributes so a method can re-wire the forward without touching the
+    parameters, e.g. Dynamos multiplies a per-channel gate after ``bn1`` and after ``bn2``
+    (and on ``shortcut(x)``), before the ReLUs.
+
+    Args:
+        in_channels: channels of the input.
+        channels: channels of both convs and of the output.
+        stride: stride of ``conv1`` and of the shortcut conv.
+        batch_norm: ``"affine"`` or ``"stats_free"`` (see ``retain.models.layers``).
+    """
+
+    def __init__(
+        self, in_channels: int, channels: int, stride: int = 1, batch_norm: str = "affine"
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = make_batch_norm(batch_norm, channels, 2)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = make_batch_norm(batch_norm, channels, 2)
+        self.shortcut: nn.Module
+        if stride != 1 or in_channels != channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
+                make_batch_norm(batch_norm, channels, 2),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    @property
+    def has_projection(self) -> bool:
+        """Whether the shortcut is a 1x1 conv + BN (rather than the identity)."""
+        return not isinstance(self.shortcut, nn.Identity)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn1(self.conv1(x)).relu()
+        out = self.bn2(self.conv2(out))
+        return (out + self.shortcut(x)).relu()
+
+
+class ResNet(nn.Module):
+    """Stem (3x3 conv, BN, ReLU) + stages of ``BasicBlock`` + global average pool.
+
+    Stage ``i`` has ``blocks_per_stage`` blocks of ``widths[i]`` channels; its first block has
+    stride ``strides[i]``. Stages are the attributes ``layer1``, ``layer2``, ... (also listed by
+    ``stages``); the stem is ``conv1`` + ``bn1``.
+
+    Args:
+        input_shape: ``(C, H, W)``; any size works (the pool is adaptive).
+        widths: channels of each stage.
+        strides: stride of the first block of each stage.
+        blocks_per_stage: blocks in every stage.
+        stem_width: channels of the stem conv (default ``widths[0]``).
+        batch_norm: ``"affine"`` (default) or ``"stats_free"`` (WSN-style BN).
+        init: ``"kaiming"``: Kaiming-normal (fan_out, ReLU) conv weights and BN gamma 1, beta 0;
+            ``"default"``: PyTorch's default initialisation.
+
+    Attributes:
+        out_features: ``widths[-1]``.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        widths: Sequence[int],
+        strides: Sequence[int],
+        blocks_per_stage: int = 2,
+        stem_width: int | None = None,
+        batch_norm: str = "affine",
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__()
+        if len(widths) != len(strides) or not widths:
+            raise ValueError("widths and strides need the same, non-zero length")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        channels, _, _ = image_shape(input_shape, type(self).__name__)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        stem = widths[0] if stem_width is None else stem_width
+        self.conv1 = nn.Conv2d(channels, stem, 3, stride=1, padding=1, bias=False)
+        self.bn1 = make_batch_norm(batch_norm, stem, 2)
+        in_ch = stem
+        self.n_stages = len(widths)
+        for i, (width, stride) in enumerate(zip(widths, strides), start=1):
+            blocks = []
+            for b in range(blocks_per_stage):
+                blocks.append(BasicBlock(in_ch, width, stride if b == 0 else 1, batch_norm))
+                in_ch = width
+            self.add_module(f"layer{i}", nn.Sequential(*blocks))
+        self.out_features: int = in_ch
+        if init == "kaiming":
+            self.reset_parameters()
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        """The stages ``layer1``, ``layer2``, ... in order."""
+        return [getattr(self, f"layer{i}") for i in range(1, self.n_stages + 1)]
+
+    def reset_parameters(self) -> None:
+        """Kaiming-normal (fan_out, ReLU) convs; BN gamma 1 and beta 0 (when affine)."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)) and m.affine:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn1(self.conv1(x)).relu()
+        for stage in self.stages:
+            h = stage(h)
+        return h.mean(dim=(2, 3))
+
+
+class ResNet18(ResNet):
+    """CIFAR ResNet-18 (He et al., CVPR 2016; the 3x3-stem variant used by ScrollNet/FACIL).
+
+    Stem 3x3 conv ``nf`` (stride 1, no max-pool), stages of ``nf, 2nf, 4nf, 8nf`` channels with
+    two ``BasicBlock`` each and strides 1/2/2/2, 1x1 conv + BN shortcuts where the shape changes,
+    global average pool. ``out_features = 8 * nf``. 1x28x28 inputs work as well.
+
+    Args:
+        input_shape: ``(C, H, W)``.
+        nf: width of the first stage (64 standard; 20 for the GPM/WSN reduced ResNet-18).
+        batch_norm: ``"affine"`` (default) or ``"stats_free"`` (WSN/GPM style).
+        init: ``"kaiming"`` (default, as ScrollNet) or ``"default"`` (PyTorch's).
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        nf: int = 64,
+        batch_norm: str = "affine",
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__(
+            input_shape,
+            widths=(nf, 2 * nf, 4 * nf, 8 * nf),
+            strides=(1, 2, 2, 2),
+            batch_norm=batch_norm,
+            init=init,
+        )
+        self.nf = nf
+
+
+class ReducedResNet18(ResNet):
+    """The Dynamos backbone (Varma, Arani, Zonooz, VISAPP 2023, Table 4): ResNet-18's first two
+    stages at half width.
+
+    Stem 3x3 conv ``nf`` + BN + ReLU; stage 1: two ``BasicBlock`` at ``nf``, stride 1 (identity
+    shortcuts); stage 2: two ``BasicBlock`` at ``2nf``, the first with stride 2 and a 1x1 conv +
+    BN shortcut; global average pool. ``out_features = 2 * nf``. Dynamos gates only stage 2.
+
+    Args:
+        input_shape: ``(C, H, W)`` (Dynamos feeds MNIST as 3x28x28).
+        nf: width of the stem and stage 1 (32 in Dynamos).
+        batch_norm: ``"affine"`` (default) or ``"stats_free"``.
+        init: ``"default"`` (PyTorch's; the default here because the paper states none) or
+            ``"kaiming"``.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        nf: int = 32,
+        batch_norm: str = "affine",
+        init: str = "default",
+    ) -> None:
+        super().__init__(
+            input_shape,
+            widths=(nf, 2 * nf),
+            strides=(1, 2),
+            batch_norm=batch_norm,
+            init=init,
+        )
+        self.nf = nf
