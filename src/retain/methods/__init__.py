@@ -1,5 +1,31 @@
 """Continual-learning methods, one file each, available by name from :data:`REGISTRY`."""
 
+from retain.methods import finetune, joint, one  # noqa: F401  (registers them)
 from retain.methods.base import REGISTRY, Batch, BenchmarkInfo, Method, register
 
-__all__ = ["REGISTRY", "Batch", "BenchmarkInfo", "Method", "register"]
+__all__ = ["REGISTRY", "Batch", "BenchmarkInfo", "Method", "make_method", "register"]
+
+
+def make_method(name: str, **kwargs) -> Method:
+    """Instantiate a registered method by name; unknown names or arguments raise ValueError."""
+    import inspect
+
+    if name not in REGISTRY:
+        raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(REGISTRY))}")
+    cls = REGISTRY[name]
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p in params if p != "self"]
+    for key in kwargs:
+        if key not in accepted:
+            valid = ", ".join(accepted) or "none"
+            raise ValueError(f"method {name!r} has no argument {key!r}; accepted: {valid}")
+    return cls(**kwargs)
+
+
+def describe_methods() -> list[tuple[str, str]]:
+    """(name, first docstring line) of every registered method, sorted by name."""
+    out = []
+    for name in sorted(REGISTRY):
+        doc = (REGISTRY[name].__doc__ or "").strip().splitlines()
+        out.append((name, doc[0] if doc else ""))
+    return out

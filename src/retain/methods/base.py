@@ -42,11 +42,13 @@ LOSS_HEADS = ("task", "seen")
 
 @dataclass
 class Batch:
-    """A training batch. ``y`` holds local labels; ``task_ids`` the task of every sample."""
+    """A training batch. ``y`` holds local labels; ``task_ids`` the task of every sample;
+    ``task`` is set when every sample comes from that one task (the common, fast case)."""
 
     x: Tensor
     y: Tensor
     task_ids: Tensor
+    task: int | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -73,10 +75,14 @@ class Method:
 
     #: registry name; hyperparameters are the keyword arguments of ``__init__``.
     name: ClassVar[str] = "base"
+    #: whether the method can predict without a task id (else task-agnostic accuracy is NaN).
+    task_agnostic: ClassVar[bool] = True
 
     def __init__(self, loss_heads: str = "task") -> None:
         if loss_heads not in LOSS_HEADS:
-            raise ValueError(f"loss_heads must be one of {', '.join(LOSS_HEADS)}, got {loss_heads!r}")
+            raise ValueError(
+                f"loss_heads must be one of {', '.join(LOSS_HEADS)}, got {loss_heads!r}"
+            )
         self.loss_heads = loss_heads
         self.model: ContinualModel | None = None
         self.info: BenchmarkInfo | None = None
@@ -95,7 +101,7 @@ class Method:
         """Consolidate after training a task (importance, masks, buffers, ...)."""
 
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
-        """Parameters the optimiser of ``task`` updates: the backbone and the heads the loss uses."""
+        """Parameters the optimiser of ``task`` updates: the backbone and the heads in the loss."""
         assert self.model is not None
         heads = [task.id] if self.loss_heads == "task" else list(range(task.id + 1))
         return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
@@ -106,10 +112,14 @@ class Method:
         for x, y, t in iterate_batches(
             (task.x_train, task.y_train, tid), batch_size, generator=generator, shuffle=True
         ):
-            yield Batch(x, y, t)
+            yield Batch(x, y, t, task.id)
 
     def loss(self, batch: Batch, task: Task) -> Tensor:
         """Training loss of one batch; by default cross-entropy (see ``loss_heads``)."""
+        assert self.model is not None
+        if self.loss_heads == "task" and batch.task is not None:
+            # one task's samples: its own head only (same as masking the other heads' logits)
+            return F.cross_entropy(self.model(batch.x, task_id=batch.task), batch.y)
         return self.cross_entropy(self.forward_train(batch), batch, task)
 
     def forward_train(self, batch: Batch) -> Tensor:
@@ -148,6 +158,18 @@ class Method:
         if task_id is None and upto is None:
             upto = self.current_task + 1
         return self.model(x, task_id=task_id, upto=upto)
+
+    @torch.inference_mode()
+    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, Tensor | None]:
+        """Task-aware logits of ``task_id`` and task-agnostic logits over heads ``< upto``,
+        from one forward pass (FACIL's evaluation). Methods whose task-aware forward differs
+        from the task-agnostic one (per-task masks) override this."""
+        assert self.model is not None
+        logits = self.predict(x, upto=upto)
+        if self.model.shared_head:
+            return logits, logits
+        start = sum(self.model.classes_per_task[:task_id])
+        return logits[:, start : start + self.model.classes_per_task[task_id]], logits
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,5 @@
+"""The engine: :func:`fit` runs a method over a benchmark's tasks."""
+
+from retain.engine.trainer import RunResult, TrainConfig, Trainer, fit, seed_everything
+
+__all__ = ["RunResult", "TrainConfig", "Trainer", "fit", "seed_everything"]

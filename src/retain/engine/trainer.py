@@ -1,0 +1,400 @@
+"""The task loop: train each task with a method's hooks, evaluate every task after every task,
+checkpoint, resume.
+
+:func:`fit` is the entry point. One training step is exactly::
+
+    loss = method.loss(batch, task)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    method.after_backward()
+    optimizer.step()
+    method.after_step()
+
+Evaluation runs under ``torch.inference_mode()`` in large batches and gets the task-aware and
+the task-agnostic accuracy of a task from one forward pass (``Method.predict_both``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from retain.data.benchmark import Benchmark, Task
+from retain.data.iterate import iterate_batches
+from retain.engine import runio
+from retain.methods.base import BenchmarkInfo, Method
+from retain.metrics import AccuracyMatrix
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclass
+class TrainConfig:
+    """How every task is trained. A fresh optimiser (and schedule) is made for each task.
+
+    Attributes:
+        epochs: epochs per task.
+        batch_size: training batch size.
+        optimizer: ``sgd``, ``adam`` or ``adamw``.
+        lr, momentum, weight_decay: optimiser settings (momentum is SGD's only).
+        lr_milestones, lr_gamma: multiply the lr by ``lr_gamma`` at these epochs of each task.
+        eval_batch_size: batch size of evaluation (no gradients).
+        checkpoint_every: also checkpoint every this many epochs inside a task (0: only at
+            task boundaries).
+    """
+
+    epochs: int = 1
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_gamma: float = 0.1
+    eval_batch_size: int = 1000
+    checkpoint_every: int = 0
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
+            raise ValueError("momentum, weight_decay and checkpoint_every must be >= 0")
+
+
+@dataclass
+class RunResult:
+    """What :func:`fit` returns: both accuracy matrices and where the run was written."""
+
+    task_aware: AccuracyMatrix
+    task_agnostic: AccuracyMatrix
+    run_dir: Path | None = None
+    seconds_per_task: list[float] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, Any]:
+        """The content of ``metrics.json``: deterministic for a given config and seed."""
+        return {
+            "task_aware": {**self.task_aware.to_dict(), "summary": self.task_aware.summary()},
+            "task_agnostic": {
+                **self.task_agnostic.to_dict(),
+                "summary": self.task_agnostic.summary(),
+            },
+        }
+
+
+def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "batches": generator.get_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["batches"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random`` (model initialisation, dropout, methods)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+class Trainer:
+    """Owns the optimisation of one run. Methods that write their own procedure
+    (``Method.train_task``) call :meth:`train_epochs`, :meth:`make_optimizer`,
+    :meth:`run_epoch` and :meth:`evaluate_task` from here."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        method: Method,
+        benchmark: Benchmark,
+        config: TrainConfig,
+        generator: torch.Generator,
+        events: runio.EventLog,
+        progress: bool,
+        checkpoint_fn=None,
+    ) -> None:
+        self.model = model
+        self.method = method
+        self.benchmark = benchmark
+        self.config = config
+        self.generator = generator
+        self.events = events
+        self.progress = progress
+        self._checkpoint_fn = checkpoint_fn
+        self._resume: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ optimisation
+    def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
+        c = self.config
+        lr = c.lr if lr is None else lr
+        params = [p for p in params if p.requires_grad]
+        if c.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=lr, weight_decay=c.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=c.weight_decay)
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer):
+        c = self.config
+        if not c.lr_milestones:
+            return None
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, c.lr_milestones, c.lr_gamma)
+
+    def run_epoch(self, task: Task, optimizer: torch.optim.Optimizer, bar=None) -> float:
+        """One epoch of the method's batches; returns the mean training loss."""
+        method, model = self.method, self.model
+        model.train()
+        total = torch.zeros((), dtype=torch.float64)
+        count = 0
+        for batch in method.batches(task, self.config.batch_size, self.generator):
+            loss = method.loss(batch, task)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.after_backward()
+            optimizer.step()
+            method.after_step()
+            total += loss.detach() * len(batch)
+            count += len(batch)
+            if bar is not None:
+                bar.update(len(batch))
+        return float(total) / max(count, 1)
+
+    def train_epochs(self, task: Task, epochs: int | None = None) -> None:
+        """The default procedure: ``epochs`` epochs of SGD on ``task`` with a fresh optimiser."""
+        epochs = self.config.epochs if epochs is None else epochs
+        optimizer = self.make_optimizer(self.method.trainable_parameters(task))
+        scheduler = self.make_scheduler(optimizer)
+        start = 0
+        if self._resume is not None:  # continue a task that was checkpointed mid-way
+            optimizer.load_state_dict(self._resume["optimizer"])
+            if scheduler is not None:
+                scheduler.load_state_dict(self._resume["scheduler"])
+            start = self._resume["epoch"]
+            self._resume = None
+        n_per_epoch = len(task.y_train)
+        bar = tqdm(
+            total=(epochs - start) * n_per_epoch,
+            desc=f"task {task.id + 1}/{self.benchmark.n_tasks}",
+            unit="sample",
+            unit_scale=True,
+            leave=False,
+            disable=not self.progress,
+        )
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            loss = self.run_epoch(task, optimizer, bar)
+            if scheduler is not None:
+                scheduler.step()
+            bar.set_postfix(loss=f"{loss:.4f}")
+            self.events.append(
+                {
+                    "task": task.id,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "lr": optimizer.param_groups[0]["lr"],
+                    "seconds": round(time.perf_counter() - t0, 4),
+                }
+            )
+            every = self.config.checkpoint_every
+            if every and (epoch + 1) % every == 0 and epoch + 1 < epochs and self._checkpoint_fn:
+                self._checkpoint_fn(
+                    task_done=False,
+                    epoch=epoch + 1,
+                    optimizer=optimizer.state_dict(),
+                    scheduler=None if scheduler is None else scheduler.state_dict(),
+                )
+        bar.close()
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.inference_mode()
+    def evaluate_task(self, task: Task, upto: int) -> tuple[float, float]:
+        """(task-aware, task-agnostic) test accuracy on ``task``; task-agnostic predictions are
+        over the heads of tasks ``< upto``."""
+        self.model.eval()
+        correct_aw = torch.zeros((), dtype=torch.long)
+        correct_ag = torch.zeros((), dtype=torch.long)
+        offset = 0 if getattr(self.model, "shared_head", False) else task.class_offset
+        for x, y in iterate_batches(
+            (task.x_test, task.y_test), self.config.eval_batch_size, shuffle=False
+        ):
+            aware, agnostic = self.method.predict_both(x, task.id, upto)
+            correct_aw += (aware.argmax(1) == y).sum()
+            if agnostic is not None:
+                correct_ag += (agnostic.argmax(1) == y + offset).sum()
+        n = len(task.y_test)
+        agn = float(correct_ag) / n if self.method.task_agnostic else math.nan
+        return float(correct_aw) / n, agn
+
+    def evaluate_all(self, trained: int) -> tuple[list[float], list[float]]:
+        """Accuracies on every task after ``trained`` tasks (0: the initial model)."""
+        aware, agnostic = [], []
+        for task in self.benchmark:
+            a, g = self.evaluate_task(task, upto=max(trained, task.id + 1))
+            aware.append(a)
+            agnostic.append(g)
+        return aware, agnostic
+
+
+def fit(
+    model: nn.Module,
+    benchmark: Benchmark,
+    method: Method,
+    config: TrainConfig | None = None,
+    *,
+    seed: int = 0,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_task_end=None,
+    **overrides: Any,
+) -> RunResult:
+    """Train ``model`` on ``benchmark``'s tasks in order with ``method``; evaluate all tasks
+    after every task.
+
+    Args:
+        model: a :class:`~retain.models.ContinualModel` (or any module with its interface).
+        benchmark: the task sequence.
+        method: a :class:`~retain.methods.Method`; ``method.setup`` is called here.
+        config: training settings; keyword ``overrides`` replace single fields
+            (``fit(..., epochs=5, lr=0.1)``).
+        seed: seeds the batch order and the global RNGs (dropout, sampling in methods).
+            Build the model after seeding (``retain.seed_everything``) to fix its init too.
+        run_dir: if given, write ``metrics.json``, ``events.jsonl``, ``checkpoint.pt``,
+            ``timings.json`` there (atomically), checkpointing at every task boundary.
+        resume: continue from ``run_dir/checkpoint.pt``.
+        progress: show a tqdm bar (default: only when stderr is a terminal).
+        on_task_end: optional callback ``(task_index, RunResult)`` after each task.
+    """
+    config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
+    config.validate()
+    run_path = Path(run_dir) if run_dir is not None else None
+    info = BenchmarkInfo(
+        benchmark.n_tasks, benchmark.classes_per_task, tuple(benchmark.input_shape)
+    )
+    method.setup(model, info)
+
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(seed)
+    events = runio.EventLog(run_path / runio.EVENTS if run_path else None)
+    aware = AccuracyMatrix(benchmark.n_tasks)
+    agnostic = AccuracyMatrix(benchmark.n_tasks)
+    result = RunResult(aware, agnostic, run_path)
+    start_task, resume_mid = 0, None
+
+    def checkpoint(task_done: bool, task_index: int, **mid: Any) -> None:
+        if run_path is None:
+            return
+        state = {
+            "task": task_index,
+            "task_done": task_done,
+            "model": model.state_dict(),
+            "method": method.state_dict(),
+            "rng": _rng_state(generator),
+            "n_events": len(events.events),
+            "metrics": result.metrics(),
+            "seconds_per_task": list(result.seconds_per_task),
+            **mid,
+        }
+        runio.save_torch(run_path / runio.CHECKPOINT, state)
+
+    if resume:
+        if run_path is None or not (run_path / runio.CHECKPOINT).exists():
+            raise FileNotFoundError(f"no checkpoint to resume in {run_path}")
+        state = runio.load_torch(run_path / runio.CHECKPOINT)
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        _set_rng_state(state["rng"], generator)
+        events.load(state["n_events"])
+        for name, matrix in (("task_aware", aware), ("task_agnostic", agnostic)):
+            saved = AccuracyMatrix.from_dict(state["metrics"][name])
+            matrix.initial, matrix.rows = saved.initial, saved.rows
+        result.seconds_per_task = list(state["seconds_per_task"])
+        start_task = state["task"] + 1 if state["task_done"] else state["task"]
+        if not state["task_done"]:
+            resume_mid = state
+
+    trainer = Trainer(
+        model,
+        method,
+        benchmark,
+        config,
+        generator,
+        events,
+        progress=progress if progress is not None else _stderr_is_tty(),
+    )
+
+    if run_path is not None:
+        run_path.mkdir(parents=True, exist_ok=True)
+    if aware.initial is None:
+        init_aw, init_ag = trainer.evaluate_all(trained=0)
+        aware.set_initial(init_aw)
+        agnostic.set_initial(init_ag)
+
+    for task in benchmark.tasks[start_task:]:
+        t0 = time.perf_counter()
+        trainer._checkpoint_fn = lambda task_done, _i=task.id, **mid: checkpoint(
+            task_done, _i, **mid
+        )
+        if resume_mid is not None:
+            trainer._resume = {k: resume_mid[k] for k in ("optimizer", "scheduler", "epoch")}
+            resume_mid = None
+            elapsed = 0.0
+        else:
+            method.before_task(task)
+            elapsed = 0.0
+        method.train_task(task, trainer)
+        method.after_task(task)
+        row_aw, row_ag = trainer.evaluate_all(trained=task.id + 1)
+        aware.add_row(row_aw)
+        agnostic.add_row(row_ag)
+        result.seconds_per_task.append(round(elapsed + time.perf_counter() - t0, 3))
+        if run_path is not None:
+            runio.write_json(run_path / runio.METRICS, result.metrics())
+            runio.write_json(
+                run_path / runio.TIMINGS,
+                {
+                    "seconds_per_task": result.seconds_per_task,
+                    "peak_rss_mib": _peak_rss_mib(),
+                },
+            )
+            checkpoint(True, task.id)
+        if on_task_end is not None:
+            on_task_end(task.id, result)
+    return result
+
+
+def _stderr_is_tty() -> bool:
+    import sys
+
+    return sys.stderr.isatty()
+
+
+def _peak_rss_mib() -> float | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)

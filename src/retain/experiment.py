@@ -1,0 +1,204 @@
+"""A run described by one flat config: what to build, how to train it, where it goes.
+
+The config is a :class:`RunConfig` (a :class:`~retain.engine.TrainConfig` plus the names and
+arguments of the benchmark, model and method). It is resolved from defaults, then a YAML file,
+then command-line flags, then ``--set key=value`` pairs, validated field by field, and written
+fully resolved to the run folder as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retain.engine.trainer import TrainConfig
+
+
+class ConfigError(ValueError):
+    """A bad config key or value; the message is one line meant for the user."""
+
+
+@dataclass
+class RunConfig(TrainConfig):
+    """Everything that defines a run. Same config and seed, same numbers.
+
+    Attributes (beyond :class:`TrainConfig`):
+        method, method_args: registered method name and its keyword arguments.
+        benchmark, benchmark_args: registered benchmark name and its arguments (``n_tasks``,
+            ``seed`` of the class order or permutations, ...). The benchmark's own seed is
+            separate from the run seed so that seeds vary training, not the task sequence.
+        model, model_args: backbone name (default: ``mlp``) and its arguments.
+        head: ``task`` (one head per task) or ``shared`` (one head for all tasks).
+        seed: run seed (initialisation, batch order, dropout).
+        threads: torch intra-op threads. Default 1: timings on small shared machines stay
+            steady and results do not depend on the machine's core count.
+    """
+
+    method: str = "finetune"
+    method_args: dict[str, Any] = field(default_factory=dict)
+    benchmark: str = "split-mnist5k"
+    benchmark_args: dict[str, Any] = field(default_factory=dict)
+    model: str = "mlp"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    head: str = "task"
+    seed: int = 0
+    threads: int = 1
+
+    def train_config(self) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(TrainConfig)}
+        return TrainConfig(**{k: v for k, v in asdict(self).items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+DICT_FIELDS = ("method_args", "benchmark_args", "model_args")
+
+
+def _check_type(key: str, value: Any) -> Any:
+    """Coerce/validate ``value`` against the declared type of field ``key``."""
+    hint = _HINTS[key]
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, list) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value
+        ):
+            raise ConfigError(f"{key} must be a list of integers, got {value!r}")
+        return value
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if isinstance(hint, types.UnionType):  # pragma: no cover - no such fields yet
+        return value
+    return value
+
+
+def apply(config: dict[str, Any], updates: dict[str, Any], source: str) -> None:
+    """Merge ``updates`` (possibly with dotted ``method_args.x`` keys) into ``config``."""
+    for key, value in updates.items():
+        if "." in key:
+            top, sub = key.split(".", 1)
+            if top not in DICT_FIELDS:
+                raise ConfigError(
+                    f"{source}: unknown key {key!r}; dotted keys must start with "
+                    f"{', '.join(DICT_FIELDS)}"
+                )
+            config[top] = {**config.get(top, {}), sub: value}
+            continue
+        if key not in FIELDS:
+            raise ConfigError(
+                f"{source}: unknown key {key!r}; valid keys: {', '.join(sorted(FIELDS))}"
+            )
+        value = _check_type(key, value)
+        if key in DICT_FIELDS:
+            value = {**config.get(key, {}), **value}
+        config[key] = value
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """``["lr=0.1", "method_args.lamb=5000"]`` -> dict, values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from None
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0]
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return data
+
+
+def resolve(
+    file: str | Path | None = None,
+    flags: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> RunConfig:
+    """Defaults < YAML file < flags (``None`` values ignored) < ``--set`` pairs."""
+    config: dict[str, Any] = {}
+    if file is not None:
+        apply(config, load_yaml(file), f"config {file}")
+    if flags:
+        apply(config, {k: v for k, v in flags.items() if v is not None}, "option")
+    if sets:
+        apply(config, parse_set(sets), "--set")
+    try:
+        rc = RunConfig(**config)
+        rc.validate()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    if rc.threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {rc.threads}")
+    return rc
+
+
+def build(config: RunConfig):
+    """Seed, then build ``(benchmark, model, method)`` from a config (errors: ConfigError)."""
+    from retain.data import DataError, get_benchmark
+    from retain.engine.trainer import seed_everything
+    from retain.methods import make_method
+    from retain.models import build_model
+
+    try:
+        benchmark = get_benchmark(config.benchmark, **config.benchmark_args)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    seed_everything(config.seed)
+    try:
+        model = build_model(
+            config.model,
+            tuple(benchmark.input_shape),
+            benchmark.classes_per_task,
+            head=config.head,
+            **config.model_args,
+        )
+        method = make_method(config.method, **config.method_args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    return benchmark, model, method
