@@ -1,7 +1,14 @@
 """Continual-learning methods, one file each, available by name from :data:`REGISTRY`."""
 
-from retain.methods import finetune, joint, one  # noqa: F401  (registers them)
+import importlib
+import pkgutil
+
 from retain.methods.base import REGISTRY, Batch, BenchmarkInfo, Method, register
+
+# every module in this package defines (and registers) one method: import them all
+for _mod in pkgutil.iter_modules(__path__):
+    if _mod.name != "base" and not _mod.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["REGISTRY", "Batch", "BenchmarkInfo", "Method", "make_method", "register"]
 
