@@ -1,6 +1,69 @@
 """Data: sources, scenarios, named benchmarks, the batch iterator and bring-your-own data."""
 
+from retain.data.augment import normalize, random_crop, random_hflip
 from retain.data.benchmark import Benchmark, DataError, Task, make_tasks
+from retain.data.benchmarks import (
+    BENCHMARKS,
+    benchmark_parameters,
+    describe_benchmarks,
+    get_benchmark,
+    register,
+)
+from retain.data.custom import (
+    benchmark_from_datasets,
+    benchmark_from_task_tensors,
+    benchmark_from_tensors,
+)
+from retain.data.idx import read_idx, write_idx
 from retain.data.iterate import iterate_batches
+from retain.data.scenarios import (
+    make_permutations,
+    permute_pixels,
+    permuted,
+    rotate_images,
+    rotated,
+    split,
+)
+from retain.data.sources import (
+    RawData,
+    clear_cache,
+    load_cifar,
+    load_digits,
+    load_fashion_mnist,
+    load_mnist5k,
+    stratified_split,
+)
 
-__all__ = ["Benchmark", "DataError", "Task", "iterate_batches", "make_tasks"]
+__all__ = [
+    "BENCHMARKS",
+    "Benchmark",
+    "DataError",
+    "RawData",
+    "Task",
+    "benchmark_from_datasets",
+    "benchmark_from_task_tensors",
+    "benchmark_from_tensors",
+    "benchmark_parameters",
+    "clear_cache",
+    "describe_benchmarks",
+    "get_benchmark",
+    "iterate_batches",
+    "load_cifar",
+    "load_digits",
+    "load_fashion_mnist",
+    "load_mnist5k",
+    "make_permutations",
+    "make_tasks",
+    "normalize",
+    "permute_pixels",
+    "permuted",
+    "random_crop",
+    "random_hflip",
+    "read_idx",
+    "register",
+    "rotate_images",
+    "rotated",
+    "split",
+    "stratified_split",
+    "write_idx",
+]

@@ -53,15 +53,16 @@ class Task:
     def validate(self) -> None:
         """Check shapes, dtypes and label ranges; raise :class:`DataError` with one clear line."""
         where = f"task {self.id}"
-        for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
+        for split, x, y in (
+            ("train", self.x_train, self.y_train),
+            ("test", self.x_test, self.y_test),
+        ):
             if not isinstance(x, Tensor) or not isinstance(y, Tensor):
                 raise DataError(f"{where}: {split} inputs and labels must be torch tensors")
             if len(x) == 0:
                 raise DataError(f"{where}: the {split} split has no samples")
             if len(x) != len(y):
-                raise DataError(
-                    f"{where}: {split} has {len(x)} inputs but {len(y)} labels"
-                )
+                raise DataError(f"{where}: {split} has {len(x)} inputs but {len(y)} labels")
             if y.ndim != 1:
                 raise DataError(f"{where}: {split} labels must be 1-D, got shape {tuple(y.shape)}")
             if y.dtype != torch.long:

@@ -1,0 +1,110 @@
+"""The named-benchmark registry: names, descriptions, argument checking, and what each builds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retain.data import (
+    BENCHMARKS,
+    DataError,
+    benchmark_parameters,
+    describe_benchmarks,
+    get_benchmark,
+    write_idx,
+)
+
+NAMES = [
+    "split-mnist5k",
+    "split-fmnist",
+    "permuted-fmnist",
+    "rotated-fmnist",
+    "permuted-mnist5k",
+    "split-digits",
+]
+
+
+@pytest.fixture(scope="module")
+def small_fmnist(tmp_path_factory) -> Path:
+    """A Fashion-MNIST folder of 50 training and 20 test images."""
+    root = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    return root
+
+
+def test_registry_names_and_descriptions():
+    assert list(BENCHMARKS) == NAMES
+    described = describe_benchmarks()
+    assert [n for n, _ in described] == NAMES
+    assert all(d and "\n" not in d for _, d in described)
+    for name in NAMES:
+        params = benchmark_parameters(name)
+        assert "n_tasks" in params and "seed" in params
+        assert ("root" in params) == ("fmnist" in name)
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(DataError) as err:
+        get_benchmark("split-cifar1000")
+    msg = str(err.value)
+    assert "split-cifar1000" in msg and all(n in msg for n in NAMES)
+
+
+def test_unknown_argument_lists_accepted_ones():
+    with pytest.raises(DataError) as err:
+        get_benchmark("split-digits", n_task=5)
+    msg = str(err.value)
+    assert "n_task" in msg and "accepted: n_tasks, seed" in msg
+
+
+def test_split_mnist5k():
+    b = get_benchmark("split-mnist5k")
+    assert b.name == "split-mnist5k" and b.n_tasks == 5 and b.classes_per_task == [2] * 5
+    assert b.input_shape == (1, 28, 28)
+    assert sum(len(t.y_train) for t in b) == 4000 and sum(len(t.y_test) for t in b) == 1000
+    assert b.info["benchmark"] == "split-mnist5k" and b.info["source"] == "mnist5k"
+    assert b.info["arguments"]["n_tasks"] == 5
+    assert get_benchmark("split-mnist5k", n_tasks=2).classes_per_task == [5, 5]
+    with pytest.raises(DataError, match="evenly"):
+        get_benchmark("split-mnist5k", n_tasks=3)
+
+
+def test_permuted_mnist5k_seed_changes_permutations():
+    a = get_benchmark("permuted-mnist5k", n_tasks=2)
+    b = get_benchmark("permuted-mnist5k", n_tasks=2, seed=1)
+    assert a.n_tasks == 2 and a.n_classes == 20
+    assert torch.equal(a[0].y_test, b[0].y_test)  # same data split
+    assert not torch.equal(a[0].x_test, b[0].x_test)  # different permutation
+
+
+def test_split_digits():
+    b = get_benchmark("split-digits", shuffle_classes=True, seed=3)
+    assert b.input_shape == (1, 8, 8) and b.n_tasks == 5
+    assert (
+        b.info["class_order"]
+        == get_benchmark("split-digits", shuffle_classes=True, seed=3).info["class_order"]
+    )
+
+
+def test_fmnist_benchmarks_on_small_folder(small_fmnist):
+    s = get_benchmark("split-fmnist", root=small_fmnist)
+    assert s.classes_per_task == [2] * 5 and len(s[0].y_train) == 10
+    p = get_benchmark("permuted-fmnist", root=small_fmnist, n_tasks=3, identity_first=True)
+    assert p.n_tasks == 3 and p.info["permuted_tasks"] == [1, 2]
+    r = get_benchmark("rotated-fmnist", root=small_fmnist, n_tasks=4)
+    assert r.info["angles"] == [0.0, 45.0, 90.0, 135.0]
+    assert r[0].x_train.shape == (50, 1, 28, 28)
+    assert json.loads(json.dumps(r.info))["arguments"]["root"] == str(small_fmnist)
+
+
+def test_fmnist_missing_root(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        get_benchmark("split-fmnist", root=tmp_path / "none")
