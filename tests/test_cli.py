@@ -148,3 +148,10 @@ def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path):
 def _rows(run: Path) -> int:
     path = run / "metrics.json"
     return len(json.loads(path.read_text())["task_aware"]["rows"]) if path.exists() else 0
+
+
+def test_nested_set_keys_build_nested_mappings():
+    from retain.experiment import resolve
+
+    cfg = resolve(None, None, ["method_args.base_args.lamb=5000", "method_args.base_args.x=[1, 2]"])
+    assert cfg.method_args == {"base_args": {"lamb": 5000, "x": [1, 2]}}

@@ -110,7 +110,14 @@ def apply(config: dict[str, Any], updates: dict[str, Any], source: str) -> None:
                     f"{source}: unknown key {key!r}; dotted keys must start with "
                     f"{', '.join(DICT_FIELDS)}"
                 )
-            config[top] = {**config.get(top, {}), sub: value}
+            merged = dict(config.get(top, {}))
+            node = merged
+            *parents, leaf = sub.split(".")
+            for part in parents:  # method_args.base_args.lamb -> nested mappings
+                node[part] = dict(node.get(part) or {})
+                node = node[part]
+            node[leaf] = value
+            config[top] = merged
             continue
         if key not in FIELDS:
             raise ConfigError(
