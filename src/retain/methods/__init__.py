@@ -30,9 +30,10 @@ def make_method(name: str, **kwargs) -> Method:
 
 
 def describe_methods() -> list[tuple[str, str]]:
-    """(name, first docstring line) of every registered method, sorted by name."""
+    """(name, first docstring paragraph, shortened) of every registered method, by name."""
     out = []
     for name in sorted(REGISTRY):
-        doc = (REGISTRY[name].__doc__ or "").strip().splitlines()
-        out.append((name, doc[0] if doc else ""))
+        paragraph = (REGISTRY[name].__doc__ or "").strip().split("\n\n")[0]
+        line = " ".join(paragraph.split())
+        out.append((name, line if len(line) <= 90 else line[:87].rstrip() + "..."))
     return out
