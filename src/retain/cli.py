@@ -61,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"retain: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `retain list | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("retain: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
