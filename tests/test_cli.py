@@ -121,7 +121,7 @@ def test_list_names_everything(capsys):
 def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     """SIGKILL a real `retain run` as soon as its first checkpoint exists, resume it, and
     compare metrics.json with an uninterrupted run: byte for byte."""
-    argv = [*FAST, "--epochs", "30", "--set", "checkpoint_every=3", "--set", "momentum=0.9"]
+    argv = [*FAST, "--epochs", "12", "--set", "checkpoint_every=3", "--set", "momentum=0.9"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     cmd = [sys.executable, "-m", "retain.cli", "run"]
     full, killed = tmp_path / "full", tmp_path / "killed"
