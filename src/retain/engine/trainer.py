@@ -85,16 +85,21 @@ class RunResult:
     task_agnostic: AccuracyMatrix
     run_dir: Path | None = None
     seconds_per_task: list[float] = field(default_factory=list)
+    #: ``Method.extra_metrics()`` after the last trained task (e.g. capacity of masked methods)
+    method_metrics: dict[str, Any] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, Any]:
         """The content of ``metrics.json``: deterministic for a given config and seed."""
-        return {
+        out = {
             "task_aware": {**self.task_aware.to_dict(), "summary": self.task_aware.summary()},
             "task_agnostic": {
                 **self.task_agnostic.to_dict(),
                 "summary": self.task_agnostic.summary(),
             },
         }
+        if self.method_metrics:
+            out["method"] = self.method_metrics
+        return out
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
@@ -332,6 +337,7 @@ def fit(
             saved = AccuracyMatrix.from_dict(state["metrics"][name])
             matrix.initial, matrix.rows = saved.initial, saved.rows
         result.seconds_per_task = list(state["seconds_per_task"])
+        result.method_metrics = state["metrics"].get("method", {})
         start_task = state["task"] + 1 if state["task_done"] else state["task"]
         if not state["task_done"]:
             resume_mid = state
@@ -370,6 +376,7 @@ def fit(
         row_aw, row_ag = trainer.evaluate_all(trained=task.id + 1)
         aware.add_row(row_aw)
         agnostic.add_row(row_ag)
+        result.method_metrics = method.extra_metrics()
         result.seconds_per_task.append(round(elapsed + time.perf_counter() - t0, 3))
         if run_path is not None:
             runio.write_json(run_path / runio.METRICS, result.metrics())

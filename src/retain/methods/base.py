@@ -171,6 +171,12 @@ class Method:
         start = sum(self.model.classes_per_task[:task_id])
         return logits[:, start : start + self.model.classes_per_task[task_id]], logits
 
+    def extra_metrics(self) -> dict[str, Any]:
+        """Method-specific numbers stored by :func:`retain.fit` under ``metrics["method"]``
+        after every task (e.g. capacity per layer). Must be JSON-serialisable and
+        deterministic (no times)."""
+        return {}
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything besides the model's own state needed to resume (buffers, importances)."""
