@@ -1,0 +1,193 @@
+"""ScrollNet: rank weights by importance with a slimmable network and scroll the ranking per task.
+
+Yang, Wang, van de Weijer, "ScrollNet: Dynamic Weight Importance for Continual Learning",
+ICCV-W 2023 (Sections 3.1-3.3, 4.1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from torch import Tensor, nn
+
+from retain.data.benchmark import Task
+from retain.methods.base import Batch, BenchmarkInfo, Method, register
+from retain.models.slimmable import (
+    get_splits,
+    make_slimmable,
+    set_scroll,
+    slimmable_modules,
+    width,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from retain.engine.trainer import Trainer
+    from retain.models.continual import ContinualModel
+
+
+@register
+class ScrollNet(Method):
+    """ScrollNet (Yang et al., ICCV-W 2023) around any method: nested sub-networks, scrolled.
+
+    ``setup`` makes the model slimmable with ``splits`` = K nested widths
+    (:func:`~retain.models.slimmable.make_slimmable`: every Linear/Conv2d sliced to its first
+    ``k/K`` channel groups, one BatchNorm per width). Training sums the loss of the K
+    sub-networks with equal weight (Eq. 4/6), so the first channel group, which every
+    sub-network uses, becomes the most important for the task, and the last the least. Before
+    task ``t`` the channel groups are scrolled to ``scroll_step * t`` (mod K) groups (Eq. 5):
+    the group that was first becomes last, and the least important group of the last task
+    becomes the most important of the new one. BatchNorm is not scrolled (Sec. 4.1).
+    Evaluation is at full width with the current scroll, for every task (as the official code).
+
+    The base method sees the slimmable model and does everything else: its hooks (importance,
+    buffers, old models, gradient edits, prediction, state) are called unchanged, at full
+    width. The loss of one batch is::
+
+        base.loss(batch, task)                       # width K: the base's whole loss
+        + sum_{k=K-1..1} subnet_loss_k(batch, task)  # narrower widths, same batch
+
+    where ``subnet_loss`` is the base's classification loss without its extra terms: the
+    base's own ``subnet_loss(batch, task)`` if it defines one, else
+    :meth:`Method.loss <retain.methods.Method.loss>` applied to the base (cross-entropy per
+    its ``loss_heads``, through its ``forward_train``/``cross_entropy``). So regularisers
+    (EWC/MAS/SI penalty) count once per step (Eq. 8 with lambda as given) and distillation
+    (LwF) is applied on the full-width pass only, as the official LwF code (Eq. 7). With
+    ``penalty_per_width=True`` a base exposing ``regularizer()`` (EWC, MAS, SI) has it added
+    to every width, K times in all: the official EWC code's behaviour (its effective lambda
+    is K times the stated one). One backward pass for the sum, as the official code.
+
+    Cost: K forward/backward passes per step, narrower ones cheaper (about ``k^2/K^2`` of the
+    full-width work for a conv/linear layer sliced on both sides).
+
+    Args:
+        base: the wrapped method: a registered name or a :class:`Method` instance.
+        base_args: keyword arguments of the base method (with a name only).
+        splits: K, the number of nested sub-networks (2: ScrollNet-2, 4: ScrollNet-4; 1
+            gives the base method exactly).
+        scroll_step: groups to scroll per task (1 in the paper).
+        penalty_per_width: repeat the base's ``regularizer()`` on every width (see above).
+    """
+
+    name = "scrollnet"
+
+    def __init__(
+        self,
+        base: str | Method = "finetune",
+        base_args: dict[str, Any] | None = None,
+        splits: int = 4,
+        scroll_step: int = 1,
+        penalty_per_width: bool = False,
+    ) -> None:
+        if isinstance(base, Method):
+            if base_args:
+                raise ValueError("base_args only apply when base is given by name")
+            self.base = base
+        elif isinstance(base, str):
+            from retain.methods import make_method
+
+            self.base = make_method(base, **(base_args or {}))
+        else:
+            raise ValueError(f"base must be a method name or a Method, got {base!r}")
+        if isinstance(self.base, ScrollNet):
+            raise ValueError("ScrollNet cannot wrap ScrollNet")
+        if isinstance(splits, bool) or not isinstance(splits, int) or splits < 1:
+            raise ValueError(f"splits must be a positive integer, got {splits!r}")
+        if isinstance(scroll_step, bool) or not isinstance(scroll_step, int):
+            raise ValueError(f"scroll_step must be an integer, got {scroll_step!r}")
+        super().__init__(loss_heads=self.base.loss_heads)
+        self.splits = splits
+        self.scroll_step = scroll_step
+        self.penalty_per_width = bool(penalty_per_width)
+        self.task_agnostic = self.base.task_agnostic  # type: ignore[misc]
+        self._layers: list[nn.Module] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def setup(self, model: ContinualModel, info: BenchmarkInfo) -> None:
+        """Make ``model`` slimmable in place (unless it already is, with the same K), then
+        set up the base method on it."""
+        super().setup(model, info)
+        k = get_splits(model)
+        if k is None:
+            make_slimmable(model, self.splits)
+        elif k != self.splits:
+            raise ValueError(f"the model is slimmable with {k} splits, ScrollNet has {self.splits}")
+        self._layers = slimmable_modules(model)
+        self.base.setup(model, info)
+
+    def scroll_for(self, task_id: int) -> int:
+        """The scroll (in groups, mod K) used while training task ``task_id`` and after it."""
+        return (self.scroll_step * task_id) % self.splits
+
+    def before_task(self, task: Task) -> None:
+        """The base's ``before_task`` first (so snapshots it takes, e.g. an old model, keep the
+        previous task's scroll, as the official code's old model), then scroll."""
+        super().before_task(task)
+        self.base.before_task(task)
+        set_scroll(self._layers, self.scroll_for(task.id))
+
+    def after_task(self, task: Task) -> None:
+        self.base.after_task(task)
+
+    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
+        return self.base.trainable_parameters(task)
+
+    def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        return self.base.batches(task, batch_size, generator)
+
+    def train_task(self, task: Task, trainer: Trainer) -> None:
+        # the trainer calls ``trainer.method.loss``, i.e. this wrapper's loss
+        self.base.train_task(task, trainer)
+
+    # ------------------------------------------------------------------ loss
+    def loss(self, batch: Batch, task: Task) -> Tensor:
+        """Sum over the K nested widths, full width first (the official order)."""
+        total = self.base.loss(batch, task)
+        for k in range(self.splits - 1, 0, -1):
+            with width(self._layers, k):
+                total = total + self.subnet_loss(batch, task)
+        return total
+
+    def subnet_loss(self, batch: Batch, task: Task) -> Tensor:
+        """The loss of one narrower sub-network (the active width): the base's
+        ``subnet_loss`` if it has one, else its plain classification loss; plus its
+        ``regularizer()`` when ``penalty_per_width``."""
+        own = getattr(self.base, "subnet_loss", None)
+        loss = own(batch, task) if own is not None else Method.loss(self.base, batch, task)
+        if self.penalty_per_width:
+            regularizer = getattr(self.base, "regularizer", None)
+            reg = regularizer() if regularizer is not None else None
+            if reg is not None:
+                loss = loss + reg
+        return loss
+
+    def forward_train(self, batch: Batch) -> Tensor:
+        return self.base.forward_train(batch)
+
+    def cross_entropy(self, logits: Tensor, batch: Batch, task: Task) -> Tensor:
+        return self.base.cross_entropy(logits, batch, task)
+
+    def after_backward(self) -> None:
+        self.base.after_backward()
+
+    def after_step(self) -> None:
+        self.base.after_step()
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
+        """The base's prediction at full width, current scroll (for every task)."""
+        return self.base.predict(x, task_id=task_id, upto=upto)
+
+    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, Tensor | None]:
+        return self.base.predict_both(x, task_id, upto)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """The base's state; the scroll itself is saved with the model (``_extra_state``)."""
+        return {**super().state_dict(), "base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.base.load_state_dict(state["base"])
