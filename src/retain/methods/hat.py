@@ -1,0 +1,364 @@
+"""HAT: hard attention to the task (Serra, Suris, Miron & Karatzoglou, ICML 2018)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from retain.core.masks import (
+    FrozenElements,
+    LayerUsage,
+    MaskBank,
+    capacity_report,
+    check_no_stateful_norm,
+    masked_layers,
+)
+from retain.data.benchmark import Task
+from retain.methods.base import Batch, Method, register
+
+
+@register
+class HAT(Method):
+    """HAT: a learned, almost binary attention mask per task on every unit (task-aware).
+
+    Serra et al., "Overcoming catastrophic forgetting with hard attention to the task",
+    ICML 2018 (equation numbers of the arXiv/PMLR version):
+
+    * every ``nn.Linear`` / ``nn.Conv2d`` layer ``l`` of the backbone has a task embedding
+      ``e_l^t`` per task; its output units (channels) are gated by
+      ``a_l^t = sigmoid(s * e_l^t)`` (Eqs. 1-2);
+    * the slope ``s`` is annealed within every epoch from ``1/s_max`` to ``s_max`` over the
+      batches ``b = 1..B``: ``s = 1/s_max + (s_max - 1/s_max)(b - 1)/(B - 1)`` (Eq. 5);
+      inference uses ``s = s_max``;
+    * after a task, the cumulative attention ``a^{<=t} = max(a^t, a^{<=t-1})`` (Eq. 3)
+      conditions the gradients of later tasks:
+      ``g'_{l,ij} = [1 - min(a^{<=t}_{l,i}, a^{<=t}_{l-1,j})] g_{l,ij}`` (Eq. 4), and biases by
+      ``1 - a^{<=t}_{l,i}``; the first layer has no attention on its inputs;
+    * the embedding gradient is compensated for the annealing:
+      ``q' = s_max [cosh(s e) + 1] / (s [cosh(e) + 1]) q`` (Eq. 6), with ``s e`` clamped to
+      ``+-thres_cosh`` (official code: 50);
+    * the sparsity regulariser ``c * R``, ``R = sum a^t (1 - a^{<t}) / sum (1 - a^{<t})`` over
+      all units of all layers (Eqs. 7-8) promotes low capacity use;
+    * after every optimiser step the embeddings are clamped to ``+-thres_emb`` and gradients
+      are clipped at norm ``clip_grad`` (official code: 6 and 10000).
+
+    Embeddings start from N(0, 1) (the official code's ``nn.Embedding``). Each task has its own
+    head, trained only with it. HAT is task-aware (``task_agnostic = False``).
+
+    **Binarised masks** (``binarize=True``, default): at the end of a task its attention
+    ``sigmoid(s_max e)`` is thresholded at 0.5 (i.e. ``e > 0``) and the binary mask is what is
+    stored, used at inference and accumulated into ``a^{<=t}``. Then Eq. 4 is exactly 0 or 1,
+    every weight an old task uses is frozen, and freezing is made exact under weight decay,
+    momentum and AdamW (values restored after every step): old tasks' logits are bit-identical
+    after any later task (BWT = 0). With ``binarize=False`` the masks stay the real-valued
+    ``sigmoid(s_max e)`` as in the paper; gradients of partly attended weights are only
+    scaled down, so a little forgetting remains (only elements with factor exactly 0 are held).
+
+    Gates act on each layer's output (a forward hook), which equals the paper's gating after
+    ReLU, dropout and max-pool for the built-in MLP and AlexNet (positive per-unit factors
+    commute with all three). The backbone must be a chain: the input of each masked layer is
+    the previous one's units (a flattened conv map counts each channel ``h*w`` times).
+
+    Args:
+        smax: ``s_max`` (400 in the paper).
+        c: weight of the sparsity regulariser (0.75 in the paper).
+        thres_cosh: clamp of ``s e`` inside the cosh of Eq. 6.
+        thres_emb: clamp of the embeddings after every step.
+        clip_grad: max gradient norm (None: no clipping).
+        binarize: store binary inference masks (see above).
+    """
+
+    name = "hat"
+    task_agnostic = False
+
+    def __init__(
+        self,
+        smax: float = 400.0,
+        c: float = 0.75,
+        thres_cosh: float = 50.0,
+        thres_emb: float = 6.0,
+        clip_grad: float | None = 10000.0,
+        binarize: bool = True,
+    ) -> None:
+        super().__init__(loss_heads="task")
+        if smax < 1:
+            raise ValueError(f"smax must be >= 1, got {smax}")
+        if c < 0:
+            raise ValueError(f"c must be >= 0, got {c}")
+        self.smax, self.c = float(smax), float(c)
+        self.thres_cosh, self.thres_emb = float(thres_cosh), float(thres_emb)
+        self.clip_grad = clip_grad
+        self.binarize = binarize
+        self.layers: dict[str, nn.Module] = {}
+        self.units: list[int] = []
+        self.expand: list[int] = []  # how often each unit of layer l-1 feeds layer l
+        self.emb: list[list[nn.Parameter]] = []  # [task][layer]
+        self.task_masks: list[list[Tensor]] = []  # stored inference masks [task][layer]
+        self.a_cum: list[Tensor] = []
+        self.s = self.smax
+        self.freezer = FrozenElements()
+        self._grad_masks: list[tuple[Tensor, Tensor | None]] = []
+        self._gates: list[Tensor] | None = None
+        self._params: list[nn.Parameter] = []
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, model, info) -> None:
+        super().setup(model, info)
+        if model.shared_head:
+            raise ValueError("hat needs one head per task (head='task')")
+        check_no_stateful_norm(model.backbone, self.name)
+        self.layers = masked_layers(model.backbone)
+        if not self.layers:
+            raise ValueError("hat: the backbone has no nn.Linear or nn.Conv2d layer to gate")
+        self.units, self.expand = [], []
+        for i, (name, layer) in enumerate(self.layers.items()):
+            out_units, in_dim = layer.weight.shape[0], layer.weight.shape[1]
+            if i > 0:
+                prev = self.units[-1]
+                if in_dim % prev:
+                    raise ValueError(
+                        f"hat needs a chain of layers: {name!r} has {in_dim} inputs, not a "
+                        f"multiple of the previous layer's {prev} units"
+                    )
+                self.expand.append(in_dim // prev)
+            else:
+                self.expand.append(0)
+            self.units.append(out_units)
+            layer.register_forward_hook(self._hook(i))
+        device = next(model.parameters()).device
+        n_tasks = info.n_tasks if info is not None else len(model.classes_per_task)
+        self.emb = [
+            [nn.Parameter(torch.randn(u, device=device)) for u in self.units]
+            for _ in range(n_tasks)
+        ]
+        self.a_cum = [torch.zeros(u, device=device) for u in self.units]
+        self.task_masks = []
+
+    def _hook(self, i: int):
+        def gate(module: nn.Module, inputs: Any, output: Tensor) -> Tensor | None:
+            if self._gates is None:
+                return None
+            g = self._gates[i]
+            return output * g.view(1, -1, *([1] * (output.dim() - 2)))
+
+        return gate
+
+    # ------------------------------------------------------------------ attention
+    def attention(self, task_id: int, s: float) -> list[Tensor]:
+        """``sigmoid(s * e_l^t)`` for every layer (Eq. 2)."""
+        return [torch.sigmoid(s * e) for e in self.emb[task_id]]
+
+    def inference_masks(self, task_id: int) -> list[Tensor]:
+        """The masks task ``task_id`` is evaluated with: the stored ones once it is learned,
+        else those of its current embeddings at ``s_max``."""
+        if task_id < len(self.task_masks):
+            return self.task_masks[task_id]
+        with torch.no_grad():
+            a = self.attention(task_id, self.smax)
+        return [(x > 0.5).to(x.dtype) for x in a] if self.binarize else a
+
+    def anneal(self, batch_index: int, n_batches: int) -> float:
+        """Eq. 5 with ``b = batch_index + 1``, ``B = n_batches``."""
+        if n_batches <= 1:
+            return self.smax
+        return 1 / self.smax + (self.smax - 1 / self.smax) * batch_index / (n_batches - 1)
+
+    def regulariser(self, masks: list[Tensor]) -> Tensor:
+        """``R(A^t, A^{<t})`` of Eqs. 7-8: attention on units not used by earlier tasks,
+        normalised by the number of such units."""
+        num = sum((m * (1 - a)).sum() for m, a in zip(masks, self.a_cum, strict=True))
+        den = sum((1 - a).sum() for a in self.a_cum)
+        return num / max(float(den), 1.0)
+
+    # ------------------------------------------------------------------ training
+    def _weight_grad_mask(self, i: int, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """``1 - min(a_post, a_pre)`` of Eq. 4 for layer ``i``'s weight, ``1 - a_post`` for
+        its bias."""
+        extra = [1] * (weight.dim() - 2)
+        post = self.a_cum[i].view(-1, 1, *extra)
+        if i == 0:
+            w = (1 - post).expand_as(weight)
+        else:
+            pre = self.a_cum[i - 1].repeat_interleave(self.expand[i]).view(1, -1, *extra)
+            w = 1 - torch.minimum(post, pre)
+        return w.contiguous(), 1 - self.a_cum[i]
+
+    def _prepare(self) -> None:
+        self.freezer.clear()
+        self._grad_masks = []
+        if self.current_task <= 0:
+            return
+        for i, layer in enumerate(self.layers.values()):
+            wmask, bmask = self._weight_grad_mask(i, layer.weight)
+            self._grad_masks.append((wmask, bmask if layer.bias is not None else None))
+            self.freezer.freeze(layer.weight, wmask == 0)
+            if layer.bias is not None:
+                self.freezer.freeze(layer.bias, bmask == 0)
+
+    def before_task(self, task: Task) -> None:
+        super().before_task(task)
+        self.s = self.smax
+        self._prepare()
+
+    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
+        assert self.model is not None
+        self._params = (
+            list(self.model.backbone.parameters())
+            + self.model.head_parameters([task.id])
+            + list(self.emb[task.id])
+        )
+        return self._params
+
+    def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        n_batches = math.ceil(len(task.y_train) / batch_size)
+        for b, batch in enumerate(super().batches(task, batch_size, generator)):
+            self.s = self.anneal(b, n_batches)
+            yield batch
+
+    def loss(self, batch: Batch, task: Task) -> Tensor:
+        assert self.model is not None
+        if batch.task is None:
+            raise ValueError("hat trains on one task's batches (batch.task must be set)")
+        masks = self.attention(task.id, self.s)
+        self._gates = masks
+        try:
+            logits = self.model(batch.x, task_id=task.id)
+        finally:
+            self._gates = None
+        return F.cross_entropy(logits, batch.y) + self.c * self.regulariser(masks)
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        for (wmask, bmask), layer in zip(self._grad_masks, self.layers.values(), strict=False):
+            if layer.weight.grad is not None:
+                layer.weight.grad.mul_(wmask)
+            if bmask is not None and layer.bias.grad is not None:
+                layer.bias.grad.mul_(bmask)
+        t, s = self.current_task, self.s
+        for e in self.emb[t]:
+            if e.grad is not None:
+                num = torch.cosh((s * e).clamp(-self.thres_cosh, self.thres_cosh)) + 1
+                den = torch.cosh(e) + 1
+                e.grad.mul_(self.smax / s * num / den)
+        if self.clip_grad is not None:
+            params = self._params or list(self.emb[t])  # (a loop of one's own)
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        for e in self.emb[self.current_task]:
+            e.clamp_(-self.thres_emb, self.thres_emb)
+        self.freezer.restore()
+
+    @torch.no_grad()
+    def after_task(self, task: Task) -> None:
+        masks = self.attention(task.id, self.smax)
+        if self.binarize:
+            masks = [(m > 0.5).to(m.dtype) for m in masks]
+        masks = [m.detach().clone() for m in masks]
+        while len(self.task_masks) < task.id:  # tasks skipped by a custom loop
+            self.task_masks.append(self.inference_masks(len(self.task_masks)))
+        self.task_masks.append(masks)
+        self.a_cum = [torch.maximum(a, m) for a, m in zip(self.a_cum, masks, strict=True)]
+        self.freezer.clear()
+        self._grad_masks = []
+        self.s = self.smax
+
+    # ------------------------------------------------------------------ inference
+    def forward_task(self, x: Tensor, task_id: int) -> Tensor:
+        """Task-aware logits of ``task_id`` with its inference masks and head."""
+        assert self.model is not None
+        self._gates = self.inference_masks(task_id)
+        try:
+            return self.model(x, task_id=task_id)
+        finally:
+            self._gates = None
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
+        """With ``task_id``: its logits. Without: every task's own logits (each through its
+        own masks) concatenated, for tasks ``< upto``."""
+        if task_id is not None:
+            return self.forward_task(x, task_id)
+        upto = self.current_task + 1 if upto is None else upto
+        return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
+
+    @torch.inference_mode()
+    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, None]:
+        return self.forward_task(x, task_id), None
+
+    # ------------------------------------------------------------------ reports and state
+    def capacity_report(self) -> dict[str, Any]:
+        """Per backbone layer and overall: weights used by the learned tasks (those Eq. 4
+        freezes: both end units attended, ``a^{<=t} > 0.5`` for real-valued masks) and free,
+        after every task; units used per layer; and the memory of the stored masks (one bit
+        per unit and task when binarised, else a 32-bit float per unit and task)."""
+        if not self.task_masks:
+            return {}
+        bank = MaskBank()
+        for t, masks in enumerate(self.task_masks):
+            bank.add(t, {n: (m > 0.5) for n, m in zip(self.layers, masks, strict=True)})
+        n_tasks = len(self.task_masks)
+        usage: dict[str, LayerUsage] = {}
+        units: dict[str, Any] = {}
+        cum = [torch.zeros_like(a) for a in self.a_cum]
+        history: list[list[int]] = [[] for _ in self.layers]
+        unit_hist: list[list[int]] = [[] for _ in self.layers]
+        for t in range(n_tasks):
+            cum = [torch.maximum(c, m) for c, m in zip(cum, self.task_masks[t], strict=True)]
+            for i, layer in enumerate(self.layers.values()):
+                history[i].append(self._used_weights(cum, i, layer.weight))
+                unit_hist[i].append(int((cum[i] > 0.5).sum()))
+        for i, name in enumerate(self.layers):
+            u = bank.usage(name)
+            n_units = self.units[i]
+            weight = self.layers[name].weight
+            u.weights, u.used, u.used_after_task = weight.numel(), history[i][-1], history[i]
+            if not self.binarize:
+                u.mask_bits = 32 * n_units * n_tasks
+                u.packed_bytes = u.encoded_bytes = 4 * n_units * n_tasks
+            usage[name] = u
+            units[name] = {
+                "units": n_units,
+                "used": unit_hist[i][-1],
+                "used_frac_after_task": [round(v / n_units, 6) for v in unit_hist[i]],
+            }
+        report = capacity_report(usage)
+        report["units"] = units
+        return report
+
+    def _used_weights(self, cum: list[Tensor], i: int, weight: Tensor) -> int:
+        post = cum[i] > 0.5
+        if i == 0:
+            return int(post.sum()) * (weight.numel() // self.units[0])
+        pre = (cum[i - 1] > 0.5).repeat_interleave(self.expand[i])
+        per_pair = weight.numel() // (weight.shape[0] * weight.shape[1])  # kernel size
+        return int(post.sum()) * int(pre.sum()) * per_pair
+
+    def extra_metrics(self) -> dict[str, Any]:
+        return {"capacity": self.capacity_report()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "emb": [[e.detach().cpu().clone() for e in row] for row in self.emb],
+            "task_masks": [[m.cpu() for m in row] for row in self.task_masks],
+            "a_cum": [a.cpu() for a in self.a_cum],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        with torch.no_grad():
+            for row, saved in zip(self.emb, state["emb"], strict=True):
+                for e, v in zip(row, saved, strict=True):
+                    e.copy_(v)
+        device = self.a_cum[0].device if self.a_cum else "cpu"
+        self.task_masks = [[m.to(device) for m in row] for row in state["task_masks"]]
+        self.a_cum = [a.to(device) for a in state["a_cum"]]
+        if self.current_task >= len(self.task_masks):  # resumed inside a task
+            self._prepare()
