@@ -326,9 +326,10 @@ class SwitchableBatchNorm(nn.Module):
                         dst.copy_(src[:n])
                 if m.num_batches_tracked is not None and bn.num_batches_tracked is not None:
                     bn.num_batches_tracked.copy_(m.num_batches_tracked)
-        state = [*m.parameters(recurse=False), *m.buffers(recurse=False)]
-        if state:
-            new.to(device=state[0].device)
+        floats = [t for t in (*m.parameters(recurse=False), *m.buffers(recurse=False))]
+        floats = [t for t in floats if t.is_floating_point()]
+        if floats:
+            new.to(device=floats[0].device, dtype=floats[0].dtype)
         new.train(m.training)
         return new
 
