@@ -1,0 +1,739 @@
+"""Eidetic Learning (Dronen & Balestriero, 2025): networks that provably cannot forget.
+
+Per task: train to convergence (early stopping on training accuracy), then prune neurons
+iteratively (structured: rows / channels, scored by l1, l2 or Taylor), recovering for a few
+epochs after each step, until training accuracy falls more than a threshold below the best;
+restore the last good iteration. The surviving free neurons become the task's own and are
+frozen (*persistence*); the synapses from the pruned neurons into them are deleted for good
+(*resistance*); the pruned neurons are re-initialised for the next task (*recycling*), which may
+read the frozen neurons of earlier tasks (nested feature reuse). BatchNorm channels of earlier
+tasks keep their statistics and behave as in evaluation while later tasks train. After the last
+task a task-classifier head on the penultimate features routes each input to its task's head,
+so prediction needs no task id and one pass of the body (Section 1 and Tables 7-8).
+
+The mechanics (neuron groups, ownership, guards, scores) are in :mod:`retain.core.structured`.
+
+Engine use: ``retain run --method eidetic`` (``epochs`` is the maximum number of pre-training
+epochs per task). Own loop, in the spirit of the paper's Listing 1::
+
+    model = ContinualModel(my_backbone, classes_per_task)      # one head per task
+    eid = Eidetic(pruning="l2", step=0.05, tolerance=0.01)
+    eid.setup(model)                                           # traces the neuron graph
+    for t, (x, y) in enumerate(task_data):
+        eid.prepare_for_task(t)
+        opt = torch.optim.AdamW(eid.task_parameters(t), lr=1e-3, weight_decay=1e-2)
+        eid.fit_task((x, y), opt, batch_size=256, max_epochs=50)
+        eid.finish_task(t)
+    eid.train_router(task_data, torch.optim.Adam(eid.router_parameters(), 1e-3))
+    print(eid.format_capacity())
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from retain.core.structured import (
+    FREE,
+    BatchNormGuard,
+    NeuronGraph,
+    NeuronMasks,
+    ParamGuard,
+    TaylorScores,
+    format_capacity,
+    lp_scores,
+    select_global,
+    select_per_group,
+    trace,
+)
+from retain.data.benchmark import Task
+from retain.data.iterate import iterate_batches
+from retain.methods.base import BenchmarkInfo, Method, register
+
+if TYPE_CHECKING:
+    from retain.engine.trainer import Trainer
+    from retain.models.continual import ContinualModel
+
+PRUNINGS = ("l1", "l2", "taylor")
+Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
+
+
+@register
+class Eidetic(Method):
+    """Eidetic Learning: iterative structured pruning, frozen neurons, recycling, task router.
+
+    Args:
+        pruning: neuron score: ``"l1"``/``"l2"`` (norm of the incoming weights; the same
+            fraction pruned in every layer) or ``"taylor"`` (Molchanov et al. 2017: one global
+            threshold over all layers, scores summed over the whole training set in eval mode
+            and accumulated over the pruning iterations of a task, as the official code).
+        step: pruning step (fraction, see ``step_base``; for Taylor, of the available neurons).
+        tolerance: stop threshold. Pruning stops once training accuracy falls below
+            ``best * (1 - tolerance)`` (relative, as the code) or ``best - tolerance`` with
+            ``absolute_tolerance``; the iteration before is restored.
+        absolute_tolerance: read ``tolerance`` as accuracy points instead of a fraction.
+        patience: early stopping of pre-training: stop when accuracy reached 1.0 or has not
+            improved for more than ``patience`` epochs (the engine's ``epochs`` caps it).
+        max_recovery_epochs: at most this many epochs after each pruning step; recovery ends as
+            soon as accuracy is within the tolerance.
+        max_pruned: stop (keeping the current, good iteration) once more than this fraction of
+            all neurons is pruned in the current task.
+        step_base: ``"unmasked"`` (the code: ``round(step x neurons not yet pruned in this
+            task, frozen ones included)`` per layer, clamped to the free ones so frozen neurons
+            are never selected) or ``"free"`` (``round(step x free unpruned neurons)``).
+        lr_divisor: divide the learning rate by this before the extra epoch that ends
+            pre-training (the paper halves it on PMNIST: 2.0).
+        macro_accuracy: drive early stopping and the stop rule with macro-averaged training
+            accuracy (the code's torchmetrics default); else plain accuracy.
+        prune_last: prune the last task? ``"auto"`` (default, as the code): only when a router
+            is trained, because the router phase is then the last, unpruned phase and uses the
+            remaining free neurons.
+        route: after the last task, train a task classifier on the penultimate features (with
+            the still-free neurons, as the code's final phase) and predict task-agnostically by
+            routing; before it exists, task-agnostic prediction is the argmax over all heads.
+        router_epochs: maximum epochs of the router phase (default: the engine's ``epochs``).
+        router_samples_per_task: train the router on this many samples of each task (a fixed
+            random subset; ``None``: all, as the paper).
+        taylor_normalize: ``"global"`` (the code: one L2 norm over all scores, which does not
+            change the ranking) or ``"layer"`` (Molchanov's per-layer normalisation).
+        taylor_constant_step: Taylor prunes ``step x all neurons`` per iteration instead of
+            ``step x available neurons`` (the code's ``pruning_step_size_is_constant``).
+        graph: a :class:`~retain.core.structured.NeuronGraph` of the backbone (module names
+            relative to ``model.backbone``); default: derived by tracing.
+    """
+
+    name = "eidetic"
+    task_agnostic = True
+
+    def __init__(
+        self,
+        pruning: str = "l2",
+        step: float = 0.05,
+        tolerance: float = 0.01,
+        absolute_tolerance: bool = False,
+        patience: int = 5,
+        max_recovery_epochs: int = 5,
+        max_pruned: float = 0.95,
+        step_base: str = "unmasked",
+        lr_divisor: float = 1.0,
+        macro_accuracy: bool = True,
+        prune_last: bool | str = "auto",
+        route: bool = True,
+        router_epochs: int | None = None,
+        router_samples_per_task: int | None = None,
+        taylor_normalize: str = "global",
+        taylor_constant_step: bool = False,
+        graph: NeuronGraph | None = None,
+    ) -> None:
+        super().__init__(loss_heads="task")
+        if pruning not in PRUNINGS:
+            raise ValueError(f"pruning must be one of {', '.join(PRUNINGS)}, got {pruning!r}")
+        if not 0 < step <= 1:
+            raise ValueError(f"step must be in (0, 1], got {step}")
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        if max_recovery_epochs < 1 or patience < 0:
+            raise ValueError("max_recovery_epochs must be >= 1 and patience >= 0")
+        if step_base not in ("unmasked", "free"):
+            raise ValueError(f"step_base must be 'unmasked' or 'free', got {step_base!r}")
+        if taylor_normalize not in ("global", "layer"):
+            raise ValueError(f"taylor_normalize must be 'global' or 'layer'; {taylor_normalize!r}")
+        if prune_last not in ("auto", True, False):
+            raise ValueError(f"prune_last must be 'auto', true or false, got {prune_last!r}")
+        if lr_divisor <= 0:
+            raise ValueError(f"lr_divisor must be positive, got {lr_divisor}")
+        self.pruning = pruning
+        self.step = step
+        self.tolerance = tolerance
+        self.absolute_tolerance = absolute_tolerance
+        self.patience = patience
+        self.max_recovery_epochs = max_recovery_epochs
+        self.max_pruned = max_pruned
+        self.step_base = step_base
+        self.lr_divisor = lr_divisor
+        self.macro_accuracy = macro_accuracy
+        self.prune_last = prune_last
+        self.route = route
+        self.router_epochs = router_epochs
+        self.router_samples_per_task = router_samples_per_task
+        self.taylor_normalize = taylor_normalize
+        self.taylor_constant_step = taylor_constant_step
+        self.user_graph = graph
+
+        self.masks: NeuronMasks | None = None
+        self.guard: ParamGuard | None = None
+        self.bn_guard: BatchNormGuard | None = None
+        self.taylor: TaylorScores | None = None
+        self.router: nn.Linear | None = None
+        self.router_trained = False
+        self.finished = -1  # last task whose neurons were claimed
+        self.phase = -1  # owner id of the phase being trained (a task id, or n_tasks: router)
+        self.history: list[dict[str, Any]] = []
+        self.router_accuracy: dict[str, float] = {}
+
+    # ================================================================== setup and ownership
+    def setup(self, model: ContinualModel, info: BenchmarkInfo | None = None) -> None:
+        super().setup(model, info)
+        if model.shared_head:
+            raise ValueError("eidetic needs one head per task (head='task'), not a shared head")
+        if self.bn_guard is not None:
+            self.bn_guard.remove()
+        graph = self.user_graph if self.user_graph is not None else trace(model.backbone)
+        self.graph = graph
+        self.masks = NeuronMasks(graph, model.backbone)
+        feat = self.masks.sizes[self.masks.features] * graph.features_expand
+        if feat != model.heads[0].in_features:
+            raise ValueError(f"the heads read {model.heads[0].in_features} features, not {feat}")
+        self.guard = ParamGuard(self.masks)
+        self.bn_guard = BatchNormGuard(self.masks)
+        self.taylor = TaylorScores(self.masks)
+        head = model.heads[0]
+        self.router = nn.Linear(head.in_features, model.n_tasks).to(head.weight.device)
+        self.router_trained = False
+        self.finished = -1
+        self.phase = -1
+        self.history = []
+        self.router_accuracy = {}
+
+    @property
+    def n_tasks(self) -> int:
+        assert self.model is not None
+        return self.model.n_tasks
+
+    def _require(self) -> tuple[ContinualModel, NeuronMasks, ParamGuard]:
+        if self.model is None or self.masks is None or self.guard is None:
+            raise RuntimeError("call setup(model) first")
+        return self.model, self.masks, self.guard
+
+    def before_task(self, task: Task) -> None:
+        super().before_task(task)
+        self.prepare_for_task(task.id)
+
+    def prepare_for_task(self, task_id: int) -> None:
+        """Recycle the free neurons and freeze everything earlier tasks own (Listing 1's
+        ``prepare_for_task``). ``task_id == n_tasks`` prepares the router phase."""
+        model, masks, _ = self._require()
+        if task_id < model.n_tasks:
+            self.current_task = task_id
+        self.phase = task_id
+        if self.finished < task_id - 1:
+            # an earlier task was never finished (own loop without finish_task): claim it now
+            self.finish_task(task_id - 1)
+        for g in masks.groups:
+            masks.pruned[g].zero_()
+        if self.finished >= 0:
+            masks.recycle_()
+        if self.taylor is not None:
+            self.taylor.reset()
+        self._refresh(keep_saved=False)
+
+    def _refresh(self, keep_saved: bool = True) -> None:
+        model, masks, guard = self._require()
+        phase = self.phase
+        whole = [p for t in range(min(phase, model.n_tasks)) for p in model.heads[t].parameters()]
+        if phase >= model.n_tasks:  # router phase: every task head is final
+            whole = [p for h in model.heads for p in h.parameters()]
+        readers = []
+        if 0 <= phase < model.n_tasks:
+            readers.append((model.heads[phase].weight, masks.features, self.graph.features_expand))
+        elif self.router is not None:
+            readers.append((self.router.weight, masks.features, self.graph.features_expand))
+        guard.refresh(whole=whole, readers=readers, keep_saved=keep_saved)
+        guard.restore()  # pruned rows and the columns reading them are zero from now on
+        if self.bn_guard is not None and not keep_saved:
+            self.bn_guard.refresh()
+
+    def finish_task(self, task_id: int) -> dict[str, int]:
+        """The task's free, unpruned neurons become its own (frozen from now on); its pruned
+        neurons are free again (re-initialised by the next :meth:`prepare_for_task`)."""
+        _, masks, _ = self._require()
+        if task_id <= self.finished:
+            return {}
+        got = masks.claim(task_id)
+        self.finished = task_id
+        return got
+
+    def after_task(self, task: Task) -> None:
+        self.finish_task(task.id)
+
+    def task_parameters(self, task_id: int) -> list[nn.Parameter]:
+        """What the optimiser of ``task_id`` should update: the backbone and that task's head
+        (frozen entries are kept exact by the hooks anyway)."""
+        model, _, _ = self._require()
+        return list(model.backbone.parameters()) + list(model.heads[task_id].parameters())
+
+    def router_parameters(self) -> list[nn.Parameter]:
+        model, _, _ = self._require()
+        assert self.router is not None
+        return list(model.backbone.parameters()) + list(self.router.parameters())
+
+    # ================================================================== training hooks
+    def after_backward(self) -> None:
+        if self.guard is not None:
+            self.guard.mask_grads()
+
+    def after_step(self) -> None:
+        if self.guard is not None:
+            self.guard.restore()
+
+    # ================================================================== pruning building blocks
+    def prune_step(self, data: Iterable[tuple[Tensor, Tensor]] | None = None) -> int:
+        """One pruning iteration of the current task; returns the number of neurons pruned.
+        Taylor pruning needs ``data`` (the task's training batches) for its scores."""
+        _, masks, _ = self._require()
+        if self.pruning == "taylor":
+            if data is None:
+                raise ValueError("Taylor pruning needs the training data")
+            self._taylor_pass(data)
+            assert self.taylor is not None
+            sel = select_global(
+                masks,
+                self.taylor.raw,
+                self.step,
+                normalize=self.taylor_normalize,
+                constant_step=self.taylor_constant_step,
+            )
+        else:
+            p = 1.0 if self.pruning == "l1" else 2.0
+            sel = select_per_group(masks, lp_scores(masks, p), self.step, self.step_base)
+        n = masks.prune_(sel)
+        self._refresh(keep_saved=True)
+        return n
+
+    def _taylor_pass(self, data: Iterable[tuple[Tensor, Tensor]]) -> None:
+        model, _, _ = self._require()
+        assert self.taylor is not None
+        was_training = model.training
+        model.eval()
+        task = self.phase
+        try:
+            with torch.enable_grad(), self.taylor.recording():
+                for x, y in data:
+                    loss = F.cross_entropy(model(x, task_id=task), y)
+                    loss.backward()
+        finally:
+            model.zero_grad(set_to_none=True)
+            model.train(was_training)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Model and pruning state, to :meth:`restore` after a failed pruning step."""
+        model, masks, _ = self._require()
+        return {
+            "model": {k: v.detach().clone() for k, v in model.state_dict().items()},
+            "pruned": {g: t.clone() for g, t in masks.pruned.items()},
+        }
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        model, masks, _ = self._require()
+        model.load_state_dict(snap["model"])
+        for g, t in snap["pruned"].items():
+            masks.pruned[g].copy_(t)
+        self._refresh(keep_saved=True)
+
+    # ================================================================== the procedure
+    def _fails(self, acc: float, best: float) -> bool:
+        if self.absolute_tolerance:
+            return acc < best - self.tolerance
+        return acc < best * (1 - self.tolerance)
+
+    def _epoch(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        batches: Batches,
+        optimizer: torch.optim.Optimizer,
+        n_classes: int,
+    ) -> tuple[float, float]:
+        """One epoch of training; returns (mean loss, training accuracy over the epoch)."""
+        model, _, _ = self._require()
+        model.train()
+        if self.router is not None:
+            self.router.train()
+        correct = torch.zeros(n_classes, dtype=torch.long)
+        total = torch.zeros(n_classes, dtype=torch.long)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for x, y in batches():
+            logits = forward(x)
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.after_backward()
+            optimizer.step()
+            self.after_step()
+            hit = logits.detach().argmax(1) == y
+            total += torch.bincount(y, minlength=n_classes)
+            correct += torch.bincount(y[hit], minlength=n_classes)
+            loss_sum += loss.detach() * len(y)
+        n = int(total.sum())
+        if self.macro_accuracy:
+            seen = total > 0
+            acc = float((correct[seen].double() / total[seen].double()).mean())
+        else:
+            acc = float(correct.sum()) / max(n, 1)
+        return float(loss_sum) / max(n, 1), acc
+
+    def _train_phase(
+        self,
+        forward: Callable[[Tensor], Tensor],
+        batches: Batches,
+        score_batches: Batches | None,
+        optimizer: torch.optim.Optimizer,
+        n_classes: int,
+        max_epochs: int,
+        prune: bool,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Pre-train with early stopping, then (if ``prune``) the prune-and-recover loop."""
+        _, masks, _ = self._require()
+        phase = self.phase
+        epoch = 0
+
+        def run(kind: str) -> float:
+            nonlocal epoch
+            t0 = time.perf_counter()
+            loss, acc = self._epoch(forward, batches, optimizer, n_classes)
+            if log is not None:
+                log(
+                    {
+                        "task": min(phase, self.n_tasks - 1),
+                        "epoch": epoch,
+                        "phase": kind if phase < self.n_tasks else f"router-{kind}",
+                        "loss": loss,
+                        "train_acc": acc,
+                        "pruned": masks.n_pruned(),
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "seconds": round(time.perf_counter() - t0, 4),
+                    }
+                )
+            epoch += 1
+            return acc
+
+        best, best_epoch = -math.inf, 0
+        for e in range(max_epochs):
+            m = run("train")
+            if m > best:
+                best, best_epoch = m, e
+            if m >= 1.0 or e - best_epoch > self.patience:
+                break
+        if self.lr_divisor != 1.0:
+            for group in optimizer.param_groups:
+                group["lr"] = group["lr"] / self.lr_divisor
+        m = run("train")
+        best = max(best, m)
+        summary: dict[str, Any] = {"pretrain_epochs": epoch, "best_acc": best, "iterations": 0}
+        if not prune:
+            summary["final_acc"] = m
+            return summary
+
+        snap = None
+        iterations = 0
+        while True:
+            if self._fails(m, best):
+                if snap is not None:
+                    self.restore(snap)
+                    m = snap["acc"]
+                    iterations -= 1
+                break
+            if masks.pruned_fraction() > self.max_pruned:
+                break
+            snap = self.snapshot()
+            snap["acc"] = m
+            data = score_batches() if (score_batches is not None) else None
+            if self.prune_step(data) == 0:
+                break
+            iterations += 1
+            for _ in range(self.max_recovery_epochs):
+                m = run("prune")
+                best = max(best, m)
+                if not self._fails(m, best):
+                    break
+        summary.update(iterations=iterations, final_acc=m, epochs=epoch, pruned=masks.n_pruned())
+        return summary
+
+    def _should_prune(self, task_id: int) -> bool:
+        last = task_id == self.n_tasks - 1
+        if not last:
+            return True
+        if self.prune_last == "auto":
+            return self.route
+        return bool(self.prune_last)
+
+    def fit_task(
+        self,
+        data: Task | tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        task_id: int | None = None,
+        batch_size: int = 256,
+        max_epochs: int = 100,
+        generator: torch.Generator | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Train and prune one task (Listing 1's ``train_task``), after
+        :meth:`prepare_for_task`. ``data`` is a :class:`~retain.data.Task`, an ``(x, y)``
+        pair of tensors (shuffled batches of ``batch_size``) or any re-iterable of ``(x, y)``
+        batches (e.g. a ``DataLoader``). Call :meth:`finish_task` afterwards."""
+        model, _, _ = self._require()
+        task_id = self.current_task if task_id is None else task_id
+        if task_id != self.phase:
+            raise RuntimeError(f"call prepare_for_task({task_id}) first")
+        batches, score_batches = _batch_sources(data, batch_size, generator)
+        summary = self._train_phase(
+            lambda x: model(x, task_id=task_id),
+            batches,
+            score_batches,
+            optimizer,
+            model.classes_per_task[task_id],
+            max_epochs,
+            prune=self._should_prune(task_id),
+            log=log,
+        )
+        self._record(task_id, summary)
+        return summary
+
+    def _record(self, phase: int, summary: dict[str, Any]) -> None:
+        self.history = [h for h in self.history if h["phase"] != phase]
+        self.history.append({"phase": phase, **summary})
+
+    def train_task(self, task: Task, trainer: Trainer) -> None:
+        """The engine's entry point: :meth:`fit_task` with the run's optimiser settings and
+        batch order; after the last task, also the router phase."""
+        model, _, _ = self._require()
+        cfg = trainer.config
+        optimizer = trainer.make_optimizer(self.trainable_parameters(task))
+
+        def batches() -> Iterator[tuple[Tensor, Tensor]]:
+            for b in self.batches(task, cfg.batch_size, trainer.generator):
+                yield b.x, b.y
+
+        def score_batches() -> Iterator[tuple[Tensor, Tensor]]:
+            return iterate_batches((task.x_train, task.y_train), cfg.batch_size, shuffle=False)
+
+        summary = self._train_phase(
+            lambda x: model(x, task_id=task.id),
+            batches,
+            score_batches if self.pruning == "taylor" else None,
+            optimizer,
+            model.classes_per_task[task.id],
+            cfg.epochs,
+            prune=self._should_prune(task.id),
+            log=trainer.events.append,
+        )
+        self._record(task.id, summary)
+        if self.route and task.id == model.n_tasks - 1:
+            self.finish_task(task.id)
+            router_opt = trainer.make_optimizer(self.router_parameters())
+            self.train_router(
+                trainer.benchmark.tasks,
+                router_opt,
+                batch_size=cfg.batch_size,
+                max_epochs=self.router_epochs or cfg.epochs,
+                generator=trainer.generator,
+                log=trainer.events.append,
+            )
+
+    # ================================================================== routing
+    def train_router(
+        self,
+        tasks: Sequence[Task | tuple[Tensor, Tensor]],
+        optimizer: torch.optim.Optimizer,
+        batch_size: int = 256,
+        max_epochs: int = 100,
+        generator: torch.Generator | None = None,
+        log: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """The final phase: a task classifier on the penultimate features, trained on every
+        task's training inputs labelled with their task id, with the still-free neurons (then
+        claimed by the router) and early stopping, not pruned. ``tasks[t]`` is a Task or the
+        ``(x, y)`` training pair of task ``t`` (labels unused). ``optimizer`` should hold
+        :meth:`router_parameters`."""
+        model, _, _ = self._require()
+        assert self.router is not None
+        T = model.n_tasks
+        if len(tasks) != T:
+            raise ValueError(f"the router needs the data of all {T} tasks, got {len(tasks)}")
+        if self.finished < T - 1:
+            self.finish_task(T - 1)
+        self.prepare_for_task(T)
+        xs = [t.x_train if isinstance(t, Task) else t[0] for t in tasks]
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        if self.router_samples_per_task is not None:
+            xs = [
+                x[torch.randperm(len(x), generator=g)[: self.router_samples_per_task]] for x in xs
+            ]
+        router = self.router
+
+        def batches() -> Iterator[tuple[Tensor, Tensor]]:
+            return _mixed_batches(xs, batch_size, g)
+
+        summary = self._train_phase(
+            lambda x: router(model.features(x)),
+            batches,
+            None,
+            optimizer,
+            T,
+            max_epochs,
+            prune=False,
+            log=log,
+        )
+        self.finish_task(T)
+        self.router_trained = True
+        self._record(T, summary)
+        with torch.inference_mode():
+            model.eval()
+            self.router.eval()
+            hits = n = 0
+            for x, t in _mixed_batches(xs, 2048, None):
+                hits += int((self.router(model.features(x)).argmax(1) == t).sum())
+                n += len(t)
+            self.router_accuracy["train"] = hits / max(n, 1)
+            tests = [t for t in tasks if isinstance(t, Task)]
+            if len(tests) == T:
+                hits = n = 0
+                for t in tests:
+                    for (x,) in iterate_batches((t.x_test,), 2048, shuffle=False):
+                        hits += int((self.router(model.features(x)).argmax(1) == t.id).sum())
+                        n += len(x)
+                self.router_accuracy["test"] = hits / max(n, 1)
+        return summary
+
+    # ================================================================== inference
+    def _routed(self, feats: Tensor, upto: int) -> Tensor:
+        model, _, _ = self._require()
+        allh = model.logits(feats, upto=upto)
+        if not (self.route and self.router_trained):
+            return allh
+        assert self.router is not None
+        tid = self.router(feats)[:, :upto].argmax(1)
+        own = model.own_task_mask(tid, upto)
+        return allh.masked_fill(~own, float("-inf"))
+
+    @torch.inference_mode()
+    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
+        """Task-aware: that task's head (the oracle). Task-agnostic: the router picks the task
+        and that task's head gives the logits (the other heads' logits are -inf)."""
+        model, _, _ = self._require()
+        if task_id is not None:
+            return model(x, task_id=task_id)
+        upto = self.current_task + 1 if upto is None else upto
+        return self._routed(model.features(x), upto)
+
+    @torch.inference_mode()
+    def predict_routed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(task id chosen by the router, class predicted by that task's head), one pass."""
+        model, _, _ = self._require()
+        if not self.router_trained:
+            raise RuntimeError("the router is not trained yet (train_router)")
+        assert self.router is not None
+        feats = model.features(x)
+        tid = self.router(feats).argmax(1)
+        logits = model.logits(feats, upto=model.n_tasks)
+        own = model.own_task_mask(tid, model.n_tasks)
+        glob = logits.masked_fill(~own, float("-inf")).argmax(1)
+        return tid, glob - model.class_offsets[tid]
+
+    @torch.inference_mode()
+    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, Tensor]:
+        model, _, _ = self._require()
+        feats = model.features(x)
+        return model.logits(feats, task_id=task_id), self._routed(feats, upto)
+
+    # ================================================================== reports
+    def capacity_report(self) -> dict[str, Any]:
+        """Per layer group and per task: neurons owned, by the router, free (and pruned in the
+        task being trained)."""
+        _, masks, _ = self._require()
+        return masks.capacity(self.n_tasks, {self.n_tasks: "router"})
+
+    def format_capacity(self) -> str:
+        return format_capacity(self.capacity_report())
+
+    def extra_metrics(self) -> dict[str, Any]:
+        """Capacity per layer and task, router accuracy, the pruning log of every task."""
+        rep = self.capacity_report()
+        tot = rep["total"]
+        return {
+            "capacity": rep,
+            "neurons_per_task": [c / tot["size"] for c in tot["per_task"]],
+            "free_fraction": tot["free"] / tot["size"],
+            "router_accuracy": dict(self.router_accuracy),
+            "history": list(self.history),
+        }
+
+    # ================================================================== state
+    def state_dict(self) -> dict[str, Any]:
+        _, masks, _ = self._require()
+        assert self.router is not None
+        return {
+            **super().state_dict(),
+            "masks": masks.state_dict(),
+            "router": self.router.state_dict(),
+            "router_trained": self.router_trained,
+            "finished": self.finished,
+            "phase": self.phase,
+            "history": list(self.history),
+            "router_accuracy": dict(self.router_accuracy),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        _, masks, _ = self._require()
+        assert self.router is not None
+        masks.load_state_dict(state["masks"])
+        self.router.load_state_dict(state["router"])
+        self.router_trained = state["router_trained"]
+        self.finished = state["finished"]
+        self.phase = state["phase"]
+        self.history = list(state["history"])
+        self.router_accuracy = dict(state["router_accuracy"])
+        self._refresh(keep_saved=False)
+
+
+# ====================================================================================== data
+def _batch_sources(
+    data: Task | tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
+    batch_size: int,
+    generator: torch.Generator | None,
+) -> tuple[Batches, Batches]:
+    """(shuffled training batches, fixed-order scoring batches) from any accepted ``data``."""
+    if isinstance(data, Task):
+        data = (data.x_train, data.y_train)
+    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], Tensor):
+        x, y = data
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+
+        def shuffled() -> Iterator[tuple[Tensor, Tensor]]:
+            return iterate_batches((x, y), batch_size, generator=g)  # type: ignore[return-value]
+
+        def ordered() -> Iterator[tuple[Tensor, Tensor]]:
+            return iterate_batches((x, y), batch_size, shuffle=False)  # type: ignore[return-value]
+
+        return shuffled, ordered
+    loader = data
+    return (lambda: loader), (lambda: loader)  # type: ignore[return-value]
+
+
+def _mixed_batches(
+    xs: Sequence[Tensor], batch_size: int, generator: torch.Generator | None
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches over the union of several tasks' inputs labelled with the task index, without
+    concatenating them (shuffled when a generator is given)."""
+    sizes = torch.tensor([len(x) for x in xs])
+    ends = sizes.cumsum(0)
+    starts = ends - sizes
+    n = int(ends[-1])
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for idx in order.split(batch_size):
+        tid = torch.searchsorted(ends, idx, right=True)
+        x = torch.empty((len(idx), *xs[0].shape[1:]), dtype=xs[0].dtype)
+        for t in tid.unique().tolist():
+            sel = tid == t
+            x[sel] = xs[t][idx[sel] - starts[t]]
+        yield x, tid
+
+
+__all__ = ["FREE", "Eidetic"]
