@@ -10,6 +10,7 @@ Entries are separated by ';'. A method or benchmark may carry its own settings a
 colon, comma-separated::
 
     --methods "finetune;er:memory_size=200;ewc:lamb=100,lr=0.05"
+    --methods "scrollnet:base=ewc,splits=4,base_args.lamb=5000"   (nested: dotted keys)
 
 Keys after the colon go to ``method_args`` (methods) or ``benchmark_args`` (benchmarks) unless
 they are top-level config keys (e.g. ``lr``), which then apply to that entry only.
@@ -39,7 +40,8 @@ def parse_entries(text: str, args_key: str) -> list[tuple[str, str, dict]]:
         overrides: dict = {}
         if rest:
             for key, value in parse_set(rest.split(",")).items():
-                overrides[key if key in FIELDS or "." in key else f"{args_key}.{key}"] = value
+                top = key.split(".", 1)[0]  # "base_args.lamb" -> method_args.base_args.lamb
+                overrides[key if top in FIELDS else f"{args_key}.{key}"] = value
         out.append((entry, name.strip(), overrides))
     return out
 
