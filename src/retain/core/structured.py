@@ -606,6 +606,42 @@ class NeuronMasks:
         }
         return {"groups": rows, "total": total}
 
+    def weight_usage(self, n_phases: int) -> dict[str, Any]:
+        """Weight-level capacity in the format of :func:`retain.core.masks.capacity_report`
+        (comparable with PackNet / WSN): per layer, the weights a task uses (rows of owned
+        neurons, columns from the network input or from neurons of the same or earlier
+        tasks; deleted synapses are not counted), after each of the first ``n_phases``
+        phases; the "mask" memory is one owner id per neuron, ``ceil(log2(n_phases + 1))``
+        bits."""
+        from retain.core.masks import LayerUsage, capacity_report
+
+        bits = max(1, math.ceil(math.log2(n_phases + 1)))
+        usage = {}
+        for layer in self.layers:
+            s = layer.spec
+            w = layer.weight
+            per_in = w[0, 0].numel()  # kernel positions per (row, column)
+            out_own = self.owner[s.group]
+            if s.inputs is None:
+                cols = torch.full((w.shape[1],), FREE - 1, device=w.device)  # always usable
+            else:
+                cols = self.owner[s.inputs].repeat_interleave(s.expand)
+            after = []
+            for t in range(n_phases):
+                rows = (out_own != FREE) & (out_own <= t)
+                ok = (cols.unsqueeze(0) != FREE) & (cols.unsqueeze(0) <= out_own[rows, None])
+                after.append(int(ok.sum()) * per_in)
+            n_bits = self.sizes[s.group] * bits
+            usage[s.name] = LayerUsage(
+                weights=w.numel(),
+                used=after[-1] if after else 0,
+                used_after_task=after,
+                mask_bits=n_bits,
+                packed_bytes=math.ceil(n_bits / 8),
+                encoded_bytes=math.ceil(n_bits / 8),
+            )
+        return capacity_report(usage)
+
     def check_resistance(self) -> list[str]:
         """Violations of the invariant 'an owned neuron reads only neurons of its own or
         earlier tasks' (non-zero weight from a free or later neuron). Empty when sound."""

@@ -644,10 +644,14 @@ class Eidetic(Method):
 
     # ================================================================== reports
     def capacity_report(self) -> dict[str, Any]:
-        """Per layer group and per task: neurons owned, by the router, free (and pruned in the
-        task being trained)."""
+        """Per layer group and per task: neurons owned (``groups``, ``total``: per task, by the
+        router, pruned in the task being trained, free) and, under ``weights``, the weights
+        used per layer after every task in the format of
+        :func:`retain.core.masks.capacity_report` (comparable with PackNet and WSN)."""
         _, masks, _ = self._require()
-        return masks.capacity(self.n_tasks, {self.n_tasks: "router"})
+        rep = masks.capacity(self.n_tasks, {self.n_tasks: "router"})
+        rep["weights"] = masks.weight_usage(self.finished + 1)
+        return rep
 
     def format_capacity(self) -> str:
         return format_capacity(self.capacity_report())
