@@ -8,7 +8,9 @@ What is here, from storage to the forward pass:
 * **Lossless compression** (:func:`encode_mask`, :func:`decode_mask`, built on
   :mod:`retain.core.mask_coding`): Huffman over 8-bit symbols or over run lengths, whichever is
   shorter, optionally coding a mask only *inside* a region known to contain it (a PackNet task
-  mask inside the weights that were free before it; a WSN task mask inside the union ``M_t``).
+  mask inside the weights that were free before it), or *given* a region the decoder knows,
+  inside and outside it as two streams with their own codes (a WSN task mask given the union
+  ``M_{t-1}`` of the earlier tasks: reused weights inside, newly claimed ones outside).
 * **A bank of per-task masks** (:class:`MaskBank`) and the **capacity report**
   (:func:`capacity_report`): per layer and overall, weights used / free after every task, and the
   memory the masks take: raw bits, bytes bit-packed, bytes after compression (real encoded byte
@@ -128,31 +130,71 @@ class PackedMask:
 
 
 # ================================================================================== coding
-def encode_mask(mask: Tensor, within: Tensor | None = None) -> bytes:
+def encode_mask(mask: Tensor, within: Tensor | None = None, given: Tensor | None = None) -> bytes:
     """Losslessly code a boolean mask (see :mod:`retain.core.mask_coding`).
 
     With ``within`` (same shape), only the positions inside ``within`` are coded: the mask must
     lie inside it (a ValueError otherwise), and the decoder needs the same ``within``. Use it
     when the decoder already knows a superset of the mask (PackNet: the weights free before the
-    task; WSN: the union ``M_t``), so those positions cost nothing.
+    task), so those positions cost nothing.
+
+    With ``given`` (same shape, any region the decoder knows), the (coded) positions inside
+    and outside ``given`` are coded as two separate streams, each with its own code, so each
+    part is coded at its own density: a WSN task mask ``m_t`` given the union ``M_{t-1}`` of
+    the earlier tasks' masks costs ``H(reuse density)`` per weight of ``M_{t-1}`` plus ``H(new
+    density)`` per free weight, and the decoder also learns ``M_t = M_{t-1} | m_t``.
+    Format: the byte length of the inside stream (4 bytes, little-endian), the inside stream,
+    the outside one.
     """
     mask = mask.detach().to(torch.bool).cpu()
-    if within is None:
-        return encode_bits(mask.reshape(-1).numpy())
-    within = within.detach().to(torch.bool).cpu()
-    if within.shape != mask.shape:
-        raise ValueError(f"within has shape {tuple(within.shape)}, mask {tuple(mask.shape)}")
-    if bool((mask & ~within).any()):
-        raise ValueError("the mask has positions outside `within`")
-    return encode_bits(mask[within].numpy())
+    bits = mask.reshape(-1)
+    if within is not None:
+        within = within.detach().to(torch.bool).cpu()
+        if within.shape != mask.shape:
+            raise ValueError(f"within has shape {tuple(within.shape)}, mask {tuple(mask.shape)}")
+        if bool((mask & ~within).any()):
+            raise ValueError("the mask has positions outside `within`")
+        bits = mask[within]
+    if given is None:
+        return encode_bits(bits.numpy())
+    inside = _given_positions(given, mask.shape, within)
+    first = encode_bits(bits[inside].numpy())
+    return len(first).to_bytes(4, "little") + first + encode_bits(bits[~inside].numpy())
+
+
+def _given_positions(given: Tensor, shape: Sequence[int], within: Tensor | None) -> Tensor:
+    """``given`` at the coded positions (all positions, or those inside ``within``), flat."""
+    given = given.detach().to(torch.bool).cpu()
+    if tuple(given.shape) != tuple(shape):
+        raise ValueError(f"given has shape {tuple(given.shape)}, mask {tuple(shape)}")
+    return given.reshape(-1) if within is None else given[within]
 
 
 def decode_mask(
-    data: bytes, shape: Sequence[int] | None = None, within: Tensor | None = None
+    data: bytes,
+    shape: Sequence[int] | None = None,
+    within: Tensor | None = None,
+    given: Tensor | None = None,
 ) -> Tensor:
     """Inverse of :func:`encode_mask`: give the ``shape`` (no ``within``) or the ``within``
-    used when encoding. Returns a CPU bool tensor."""
-    bits = torch.from_numpy(decode_bits(data).copy())
+    used when encoding, and the same ``given`` if one was used. Returns a CPU bool tensor."""
+    if given is None:
+        bits = torch.from_numpy(decode_bits(data).copy())
+    else:
+        full = tuple(within.shape) if within is not None else shape
+        if full is None:
+            raise ValueError("decoding with `given` needs the shape or `within`")
+        inside = _given_positions(given, full, within)
+        if len(data) < 4:
+            raise ValueError("truncated mask code (stream length)")
+        n_first = int.from_bytes(data[:4], "little")
+        first = torch.from_numpy(decode_bits(data[4 : 4 + n_first]).copy())
+        second = torch.from_numpy(decode_bits(data[4 + n_first :]).copy())
+        if first.numel() != int(inside.sum()) or second.numel() != int((~inside).sum()):
+            raise ValueError("the code does not match `given` (different number of positions)")
+        bits = torch.empty(inside.numel(), dtype=torch.bool)
+        bits[inside] = first
+        bits[~inside] = second
     if within is None:
         if shape is None:
             return bits
@@ -243,10 +285,16 @@ class MaskBank:
 
     # ---------------------------------------------------------------- storing
     def add(
-        self, task: int, masks: Mapping[str, Tensor], within: Mapping[str, Tensor] | None = None
+        self,
+        task: int,
+        masks: Mapping[str, Tensor],
+        within: Mapping[str, Tensor] | None = None,
+        given: Mapping[str, Tensor] | None = None,
     ) -> None:
         """Store task ``task``'s masks (bool tensors by layer name). ``within[name]``, if
-        given, is a region known to contain the mask; only positions inside it are coded."""
+        given, is a region known to contain the mask; only positions inside it are coded.
+        ``given[name]``, if given, is a region the decoder knows: the positions inside and
+        outside it are coded as two streams (see :func:`encode_mask`)."""
         for name, mask in masks.items():
             shape = tuple(mask.shape)
             if self.shapes.setdefault(name, shape) != shape:
@@ -255,7 +303,8 @@ class MaskBank:
             self._masks.setdefault(name, {})[task] = PackedMask.from_tensor(m)
             if self.encode:
                 region = None if within is None else within.get(name)
-                self._codes.setdefault(name, {})[task] = encode_mask(m, region)
+                known = None if given is None else given.get(name)
+                self._codes.setdefault(name, {})[task] = encode_mask(m, region, known)
 
     # ---------------------------------------------------------------- reading
     @property
