@@ -185,7 +185,7 @@ class HAT(Method):
             w = (1 - post).expand_as(weight)
         else:
             pre = self.a_cum[i - 1].repeat_interleave(self.expand[i]).view(1, -1, *extra)
-            w = 1 - torch.minimum(post, pre)
+            w = (1 - torch.minimum(post, pre)).expand_as(weight)
         return w.contiguous(), 1 - self.a_cum[i]
 
     def _prepare(self) -> None:
