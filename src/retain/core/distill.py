@@ -52,9 +52,16 @@ def kd_kl_divergence(
     return kl * temperature**2 if scale else kl
 
 
-def logit_mse(student: Tensor, target: Tensor) -> Tensor:
-    """Mean squared error between logits, averaged over every element (DER's alpha term)."""
-    return F.mse_loss(student, target.detach())
+def logit_mse(student: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Mean squared error between logits, averaged over every element (DER's alpha term).
+
+    ``mask`` (bool, broadcastable to the logits) restricts the mean to the selected elements,
+    e.g. the outputs that existed when a replayed sample's logits were stored."""
+    if mask is None:
+        return F.mse_loss(student, target.detach())
+    mask = mask.expand_as(student)
+    sq = (student - target.detach()).square() * mask
+    return sq.sum() / mask.sum().clamp_min(1)
 
 
 def sigmoid_distillation(student: Tensor, teacher: Tensor) -> Tensor:

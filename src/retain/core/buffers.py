@@ -1,0 +1,359 @@
+"""Replay memories, held as tensors.
+
+Two memories and the selection rules they use:
+
+* :class:`ReservoirBuffer` -- a fixed number of slots filled from a stream by reservoir
+  sampling (Vitter 1985, "Random sampling with a reservoir", algorithm R): the ``i``-th stream
+  item (1-based) goes to slot ``i`` while the buffer is filling, afterwards it replaces slot
+  ``j ~ U{1..i}`` if ``j <= size``. Every item seen so far is then kept with probability
+  ``size / seen``. Used online by ER, DER/DER++ (which store the logits as an extra tensor)
+  and Dynamos (which writes only some items: ``keep``).
+* :class:`ExemplarMemory` -- exemplars per group (a class for iCaRL/BiC/LUCIR/A-GEM), chosen
+  when a group arrives by :func:`herding` (Rebuffi et al. 2017, iCaRL Algorithm 4) or at
+  random. The memory is class-balanced: either a fixed total (``memory_size`` shared by all
+  groups seen so far, so each group's share shrinks as groups arrive; iCaRL's
+  ReduceExemplarSet keeps the first ``m`` of each group's selection order) or a fixed number
+  per group (``per_group=True``).
+
+Both hold their storage as preallocated tensors, insert and sample with whole-tensor operations,
+and draw random numbers from their own ``torch.Generator``, whose state is part of
+:meth:`state_dict` (so a resumed run continues exactly). The generator is seeded lazily, on
+first use, from torch's global generator unless ``seed`` is given, so seeding torch (as
+:func:`retain.fit` does) fixes every draw.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: names of the tensors every buffer stores; other keyword tensors are "extras" (e.g. logits)
+CORE_FIELDS = ("x", "y", "task_ids")
+
+
+class _Seeded:
+    """A lazily seeded ``torch.Generator`` shared by the buffers' sampling code."""
+
+    def __init__(self, seed: int | None) -> None:
+        self._seed = seed
+        self._generator = torch.Generator()
+        self._seeded = False
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The buffer's generator (seeded on first access). Methods may draw from it too."""
+        if not self._seeded:
+            seed = self._seed
+            if seed is None:  # from the global generator: torch.manual_seed fixes it
+                seed = int(torch.randint(0, 2**62, (), dtype=torch.long))
+            self._generator.manual_seed(seed)
+            self._seeded = True
+        return self._generator
+
+    def _generator_state(self) -> dict[str, Any]:
+        return {
+            "seeded": self._seeded,
+            "generator": self._generator.get_state() if self._seeded else None,
+        }
+
+    def _load_generator_state(self, state: dict[str, Any]) -> None:
+        self._seeded = bool(state["seeded"])
+        if self._seeded:
+            self._generator.set_state(state["generator"])
+
+
+def _gather(data: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
+    return {k: v[index] for k, v in data.items()}
+
+
+class ReservoirBuffer(_Seeded):
+    """A reservoir-sampled replay buffer of ``size`` slots.
+
+    Stores inputs ``x``, local labels ``y``, task ids and any extra per-sample tensors given to
+    :meth:`add` (e.g. ``logits=...``). Storage is allocated on the first :meth:`add` from the
+    shapes and dtypes given there.
+
+    Args:
+        size: number of slots.
+        seed: seed of the buffer's generator; ``None`` draws one from torch's global generator
+            on first use.
+    """
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        if size < 1:
+            raise ValueError(f"buffer size must be at least 1, got {size}")
+        super().__init__(seed)
+        self.size = int(size)
+        #: number of stream items offered to :meth:`add` so far (kept or not)
+        self.seen = 0
+        self.data: dict[str, Tensor] = {}
+        #: slots that hold a sample (a slot can stay empty when ``keep`` refused its item)
+        self.valid = torch.zeros(self.size, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return int(self.valid.sum())
+
+    @property
+    def is_empty(self) -> bool:
+        return not bool(self.valid.any())
+
+    def _allocate(self, tensors: dict[str, Tensor]) -> None:
+        self.data = {
+            k: torch.zeros((self.size, *v.shape[1:]), dtype=v.dtype) for k, v in tensors.items()
+        }
+
+    def add(
+        self,
+        x: Tensor,
+        y: Tensor,
+        task_ids: Tensor,
+        keep: Tensor | None = None,
+        **extras: Tensor,
+    ) -> Tensor:
+        """Offer a batch of stream items, in order; returns the slot each item was written to
+        (``-1``: not stored, or stored and replaced by a later item of the same batch).
+
+        Vectorised algorithm R: every item draws its slot independently; when two items of the
+        batch draw the same slot the later one wins, exactly as if they arrived one at a time.
+        ``keep`` (bool per item) writes only some items while the counter advances for all
+        (Dynamos keeps only correctly classified samples); refused items leave their slot as
+        it was, and empty slots are never sampled.
+        """
+        tensors = {"x": x, "y": y, "task_ids": task_ids, **extras}
+        n = len(y)
+        if any(len(v) != n for v in tensors.values()):
+            raise ValueError("all tensors given to add() must have the same length")
+        if not self.data:
+            self._allocate(tensors)
+        elif set(tensors) != set(self.data):
+            raise ValueError(f"add() needs exactly the fields {sorted(self.data)}")
+        pos = torch.arange(self.seen, self.seen + n)  # 0-based stream positions
+        u = torch.rand(n, generator=self.generator, dtype=torch.float64)
+        j = (u * (pos + 1).to(torch.float64)).long()  # uniform on 0..pos
+        slot = torch.where(pos < self.size, pos, torch.where(j < self.size, j, -1))
+        if keep is not None:
+            slot = torch.where(keep.to(torch.bool), slot, -1)
+        self.seen += n
+        items = torch.nonzero(slot >= 0).squeeze(1)
+        if len(items) == 0:
+            return slot
+        targets = slot[items]
+        # last write wins: the latest item aimed at each slot
+        last = torch.full((self.size,), -1, dtype=torch.long)
+        last.scatter_reduce_(0, targets, items, reduce="amax")
+        winners = items[last[targets] == items]
+        out = torch.full_like(slot, -1)
+        out[winners] = slot[winners]
+        dest = slot[winners]
+        for k, v in tensors.items():
+            self.data[k][dest] = v[winners].detach().to(self.data[k].dtype)
+        self.valid[dest] = True
+        return out
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        """Up to ``n`` distinct stored samples, uniformly without replacement; a dict of the
+        stored fields plus ``"index"`` (their slots)."""
+        filled = torch.nonzero(self.valid).squeeze(1)
+        pick = filled[torch.randperm(len(filled), generator=self.generator)[:n]]
+        return {**_gather(self.data, pick), "index": pick}
+
+    def get_all(self) -> dict[str, Tensor]:
+        """Every stored sample, in slot order."""
+        filled = torch.nonzero(self.valid).squeeze(1)
+        return {**_gather(self.data, filled), "index": filled}
+
+    def update(self, index: Tensor, **tensors: Tensor) -> None:
+        """Overwrite fields (e.g. refreshed logits) of the samples in slots ``index``."""
+        for k, v in tensors.items():
+            self.data[k][index] = v.detach().to(self.data[k].dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "size": self.size,
+            "seen": self.seen,
+            "data": dict(self.data),
+            "valid": self.valid.clone(),
+            **self._generator_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["size"] != self.size:
+            raise ValueError(f"buffer of size {self.size} cannot load a state of {state['size']}")
+        self.seen = int(state["seen"])
+        self.data = {k: v.clone() for k, v in state["data"].items()}
+        self.valid = state["valid"].clone()
+        self._load_generator_state(state)
+
+
+# ---------------------------------------------------------------------------- exemplar memory
+def herding(features: Tensor, m: int) -> Tensor:
+    """Indices of ``m`` exemplars chosen by herding, in selection order (iCaRL Algorithm 4).
+
+    Features are L2-normalised and ``mu`` is their mean. Step ``k`` picks the not yet chosen
+    sample ``p`` minimising ``|| mu - (phi(p) + sum_{j<k} phi(p_j)) / k ||``, so the mean of the
+    first ``k`` exemplars approaches the class mean greedily. One matrix-vector product per
+    step. ``m`` larger than the number of samples returns all of them.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"herding needs [n, d] features, got shape {tuple(features.shape)}")
+    phi = F.normalize(features.detach().to(torch.float64), dim=1)
+    n = len(phi)
+    m = min(int(m), n)
+    mu = phi.mean(0)
+    sq = (phi * phi).sum(1)
+    chosen = torch.empty(m, dtype=torch.long)
+    taken = torch.zeros(n, dtype=torch.bool)
+    acc = torch.zeros_like(mu)
+    for k in range(1, m + 1):
+        # || mu - (acc + phi)/k ||^2 = const - 2/k <mu - acc/k, phi> + |phi|^2 / k^2
+        a = mu - acc / k
+        dist = sq / (k * k) - (2.0 / k) * (phi @ a)
+        dist[taken] = float("inf")
+        i = int(torch.argmin(dist))
+        chosen[k - 1] = i
+        taken[i] = True
+        acc += phi[i]
+    return chosen
+
+
+SELECTIONS = ("herding", "random")
+
+
+class ExemplarMemory(_Seeded):
+    """Class-balanced exemplars: the same number of samples for every group seen so far.
+
+    A group is usually a global class (``task.class_offset + local label``). Samples are stored
+    with their local label, task id, group and rank (position in the group's selection order).
+
+    Args:
+        memory_size: total number of exemplars shared by every group seen so far
+            (``per_group=False``; each group keeps ``memory_size // n_groups``), or the number
+            kept per group (``per_group=True``).
+        per_group: see ``memory_size``.
+        seed: seed of the generator used by random selection (``None``: drawn from torch's
+            global generator on first use).
+    """
+
+    def __init__(self, memory_size: int, per_group: bool = False, seed: int | None = None):
+        if memory_size < 1:
+            raise ValueError(f"memory_size must be at least 1, got {memory_size}")
+        super().__init__(seed)
+        self.memory_size = int(memory_size)
+        self.per_group = bool(per_group)
+        self.data: dict[str, Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.data["y"]) if self.data else 0
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self) == 0
+
+    @property
+    def groups(self) -> list[int]:
+        """Groups present, sorted."""
+        if not self.data:
+            return []
+        return [int(g) for g in torch.unique(self.data["group"])]
+
+    def quota(self, n_groups: int) -> int:
+        """Exemplars per group when ``n_groups`` groups share the memory."""
+        if self.per_group:
+            return self.memory_size
+        return self.memory_size // max(n_groups, 1)
+
+    def reduce(self, m: int) -> None:
+        """Keep the first ``m`` exemplars (in selection order) of every group."""
+        if self.data:
+            self.data = _gather(self.data, self.data["rank"] < m)
+
+    def add(
+        self,
+        x: Tensor,
+        y: Tensor,
+        task_ids: Tensor,
+        groups: Tensor,
+        features: Tensor | None = None,
+        selection: str = "herding",
+        n_groups: int | None = None,
+    ) -> Tensor:
+        """Make room and add exemplars of the groups in ``groups`` not yet in memory; returns
+        the indices (into ``x``) of the samples added.
+
+        Existing groups are reduced to the new quota, then each new group gets ``quota``
+        exemplars chosen among its samples by herding on ``features`` (required for
+        ``selection="herding"``) or uniformly at random.
+
+        Args:
+            n_groups: groups sharing the memory after this call (default: the groups present
+                plus the new ones); pass it to reserve room for groups added later.
+        """
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, not {selection!r}")
+        if selection == "herding" and features is None:
+            raise ValueError("herding needs features")
+        present = set(self.groups)
+        new = [int(g) for g in torch.unique(groups) if int(g) not in present]
+        total = len(present) + len(new) if n_groups is None else n_groups
+        m = self.quota(total)
+        self.reduce(m)
+        parts = [self.data] if self.data else []
+        picked = [torch.empty(0, dtype=torch.long)]
+        for g in new:
+            idx = torch.nonzero(groups == g).squeeze(1)
+            if selection == "herding":
+                assert features is not None
+                order = herding(features[idx], m)
+            else:
+                order = torch.randperm(len(idx), generator=self.generator)[:m]
+            pick = idx[order]
+            picked.append(pick)
+            parts.append(
+                {
+                    "x": x[pick].detach().clone(),
+                    "y": y[pick].clone(),
+                    "task_ids": task_ids[pick].clone(),
+                    "group": groups[pick].clone(),
+                    "rank": torch.arange(len(pick)),
+                }
+            )
+        if parts:
+            self.data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        return torch.cat(picked)
+
+    def get_all(self) -> dict[str, Tensor]:
+        """Every exemplar (fields ``x``, ``y``, ``task_ids``, ``group``, ``rank``)."""
+        return dict(self.data)
+
+    def sample(self, n: int) -> dict[str, Tensor]:
+        """Up to ``n`` distinct exemplars, uniformly without replacement."""
+        pick = torch.randperm(len(self), generator=self.generator)[:n]
+        return _gather(self.data, pick)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "memory_size": self.memory_size,
+            "per_group": self.per_group,
+            "data": dict(self.data),
+            **self._generator_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data = {k: v.clone() for k, v in state["data"].items()}
+        self._load_generator_state(state)
+
+
+# ---------------------------------------------------------------------------- helpers
+@torch.inference_mode()
+def embed(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
+    """``model.features`` of ``x`` in eval mode and large batches (the mode is restored)."""
+    was_training = model.training
+    model.eval()
+    try:
+        out = [model.features(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)

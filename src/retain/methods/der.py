@@ -1,0 +1,120 @@
+"""Dark Experience Replay: replay with the logits the network gave when a sample was stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from retain.core.buffers import ReservoirBuffer
+from retain.core.distill import logit_mse
+from retain.data.benchmark import Task
+from retain.methods.base import Batch, Method, register
+
+
+@register
+class DER(Method):
+    """Dark Experience Replay (DER), Buzzega et al. 2020, "Dark Experience for General
+    Continual Learning: a Strong, Simple Baseline", Eq. 6:
+
+        L = CE(f(x), y) over the stream batch  +  alpha * || f(x') - z' ||^2 over a memory batch,
+
+    where ``z'`` are the logits the network produced for ``x'`` when ``x'`` entered the
+    reservoir buffer (Vitter's algorithm R, over the whole stream). DER++ (``derpp``, Eq. 7)
+    adds ``beta * CE(f(x''), y'')`` on a second, independent memory batch (``beta`` here; 0 for
+    DER).
+
+    Details: the stored logits are those of the training forward pass of the step the sample
+    was seen in (detached), over the model's whole output, the heads of tasks not yet trained
+    included (as Mammoth's single output layer over all classes). This matters in
+    class-incremental learning: the MSE then also holds a replayed sample's outputs for later
+    classes near the low values they had, which counters the bias towards new classes (with the
+    MSE restricted to the outputs seen at insertion, DER forgets like fine-tuning on blobs).
+    The cross-entropy still covers only the heads of the tasks seen so far (``loss_heads``);
+    with ``loss_heads="task"`` the MSE covers only the sample's own task's outputs. The stream
+    and memory batches share one forward pass (one concatenated batch; the same result as
+    separate passes for networks without batch statistics). Samples enter the buffer in
+    ``after_step``, after the optimiser step.
+
+    Args:
+        memory_size: buffer slots.
+        alpha: weight of the logit MSE.
+        beta: weight of the cross-entropy on replayed labels (DER++; 0 is DER).
+        minibatch_size: memory samples per term and step (default: the stream batch's size).
+        loss_heads: ``"seen"`` (default, one growing head) or ``"task"``.
+    """
+
+    name = "der"
+
+    def __init__(
+        self,
+        memory_size: int = 200,
+        alpha: float = 0.3,
+        beta: float = 0.0,
+        minibatch_size: int | None = None,
+        loss_heads: str = "seen",
+    ) -> None:
+        super().__init__(loss_heads=loss_heads)
+        if alpha < 0 or beta < 0:
+            raise ValueError("alpha and beta must be >= 0")
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.minibatch_size = minibatch_size
+        self.buffer = ReservoirBuffer(memory_size)
+        self._pending: dict[str, Tensor] | None = None
+
+    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
+        """The backbone and the heads of every task so far: replayed samples train their own
+        heads with either ``loss_heads``."""
+        assert self.model is not None
+        heads = list(range(task.id + 1))
+        return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
+
+    def loss(self, batch: Batch, task: Task) -> Tensor:
+        assert self.model is not None
+        n = len(batch)
+        mb = self.minibatch_size or n
+        mems = []
+        if not self.buffer.is_empty:
+            mems.append(self.buffer.sample(mb))
+            if self.beta > 0:
+                mems.append(self.buffer.sample(mb))
+        x = torch.cat([batch.x, *(m["x"] for m in mems)]) if mems else batch.x
+        full = self.model(x)  # every head: what is stored and matched
+        seen = sum(self.model.classes_per_task[: self.current_task + 1])
+        z = full[:n]
+        loss = self.cross_entropy(z if self.model.shared_head else z[:, :seen], batch, task)
+        self._pending = {
+            "x": batch.x,
+            "y": batch.y,
+            "task_ids": batch.task_ids,
+            "logits": z.detach(),
+        }
+        if mems:
+            m = mems[0]
+            zm = full[n : n + len(m["y"])]
+            mask = None
+            if self.loss_heads == "task" and not self.model.shared_head:
+                mask = self.model.own_task_mask(m["task_ids"], self.model.n_tasks)
+            loss = loss + self.alpha * logit_mse(zm, m["logits"], mask)
+            if self.beta > 0:
+                m2 = mems[1]
+                z2 = full[n + len(m["y"]) :]
+                if not self.model.shared_head:
+                    z2 = z2[:, :seen]
+                replay = Batch(m2["x"], m2["y"], m2["task_ids"])
+                loss = loss + self.beta * self.cross_entropy(z2, replay, task)
+        return loss
+
+    def after_step(self) -> None:
+        if self._pending is not None:
+            self.buffer.add(**self._pending)
+            self._pending = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.buffer.load_state_dict(state["buffer"])
