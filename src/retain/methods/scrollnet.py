@@ -37,9 +37,12 @@ class ScrollNet(Method):
     ``k/K`` channel groups, one BatchNorm per width). Training sums the loss of the K
     sub-networks with equal weight (Eq. 4/6), so the first channel group, which every
     sub-network uses, becomes the most important for the task, and the last the least. Before
-    task ``t`` the channel groups are scrolled to ``scroll_step * t`` (mod K) groups (Eq. 5):
-    the group that was first becomes last, and the least important group of the last task
-    becomes the most important of the new one. BatchNorm is not scrolled (Sec. 4.1).
+    task ``t`` the channel groups are scrolled to ``scroll_step * t`` (mod K) groups (Eq. 5;
+    position ``i`` reads stored channel ``(i + shift) mod C``, the official default direction):
+    the group that was first (most important) becomes last (least important) and every other
+    group moves up one rank, so the most important group of task ``t`` is stored group
+    ``t mod K`` (with K = 2: the last task's least important group). BatchNorm is not
+    scrolled (Sec. 4.1).
     Evaluation is at full width with the current scroll, for every task (as the official code).
 
     The base method sees the slimmable model and does everything else: its hooks (importance,
