@@ -82,11 +82,22 @@ COLUMNS = [
 ]
 
 
+def cap(run: dict) -> float | None:
+    """CAP (WSN's capacity: used weights + encoded task masks, fraction of the dense weights)
+    from a masked method's capacity report, None for methods without one."""
+    return ((run.get("extra") or {}).get("capacity") or {}).get("total", {}).get("cap")
+
+
 def markdown(rows: list[dict]) -> str:
-    head = "| benchmark | method | " + " | ".join(c for c, _ in COLUMNS) + " | time (s) |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    columns = list(COLUMNS)
+    if any(cap(r) is not None for row in rows for r in row["runs"]):
+        columns.append(("CAP", "cap"))  # only when a masked method reports one
+    head = "| benchmark | method | " + " | ".join(c for c, _ in columns) + " | time (s) |"
+    lines = [head, "|" + "---|" * (len(columns) + 3)]
     for row in rows:
-        cells = [mean_std([r[k] for r in row["runs"]]) for _, k in COLUMNS]
+        cells = [
+            mean_std([cap(r) if k == "cap" else r[k] for r in row["runs"]]) for _, k in columns
+        ]
         secs = mean_std([r["seconds"] for r in row["runs"]], scale=1.0)
         lines.append(
             f"| {row['benchmark']} | {row['method']} | " + " | ".join(cells) + f" | {secs} |"
