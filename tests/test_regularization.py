@@ -173,9 +173,9 @@ def test_ewc_separate_keeps_every_task_and_online_only_the_last_anchor():
 
 
 def test_importance_is_configuration_and_mas_si_share_the_consumer():
-    ewc_mas = make_method("ewc", importance="mas", importance_args={"granularity": "batch"})
+    ewc_mas = make_method("ewc", importance="mas", importance_args={"granularity": "sample"})
     assert isinstance(ewc_mas.estimator, MASImportance)
-    assert ewc_mas.estimator.granularity == "batch"
+    assert ewc_mas.estimator.granularity == "sample"
     mas, si = make_method("mas"), make_method("si", c=0.5, xi=0.1)
     assert isinstance(mas, EWC) and isinstance(si, EWC)
     assert isinstance(mas.estimator, MASImportance) and isinstance(si.estimator, PathIntegral)

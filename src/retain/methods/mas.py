@@ -25,7 +25,8 @@ class MAS(EWC):
     Args:
         lamb: lambda (the paper's object-recognition value, 1, is the default).
         importance_args: options of :class:`~retain.core.importance.MASImportance`
-            (``granularity``: ``"sample"`` default or ``"batch"``; ``squared``; ...).
+            (``granularity``: ``"batch"``, the official code's, by default, or the paper's
+            per-sample ``"sample"``; ``squared``; ``heads``; ...).
         online, alpha, penalize, loss_heads: as :class:`~retain.methods.ewc.EWC`.
     """
 
