@@ -194,28 +194,30 @@ def herding(features: Tensor, m: int) -> Tensor:
 
     Features are L2-normalised and ``mu`` is their mean. Step ``k`` picks the not yet chosen
     sample ``p`` minimising ``|| mu - (phi(p) + sum_{j<k} phi(p_j)) / k ||``, so the mean of the
-    first ``k`` exemplars approaches the class mean greedily. One matrix-vector product per
-    step. ``m`` larger than the number of samples returns all of them.
+    first ``k`` exemplars approaches the class mean greedily. Expanding the square, only the
+    inner products ``<phi(x), mu>`` (computed once) and ``<phi(x), sum_j phi(p_j)>`` (updated
+    with one matrix-vector product per step) are needed. ``m`` larger than the number of
+    samples returns all of them.
     """
     if features.ndim != 2:
         raise ValueError(f"herding needs [n, d] features, got shape {tuple(features.shape)}")
-    phi = F.normalize(features.detach().to(torch.float64), dim=1)
+    phi = F.normalize(features.detach().float(), dim=1)
     n = len(phi)
     m = min(int(m), n)
-    mu = phi.mean(0)
-    sq = (phi * phi).sum(1)
+    mu = phi.double().mean(0)
+    s_mu = (phi.double() @ mu).float()  # <phi(x), mu>
+    s_acc = torch.zeros(n)  # <phi(x), sum of the chosen>
+    sq = (phi * phi).sum(1)  # 1, or 0 for an all-zero feature
+    penalty = torch.zeros(n)  # +inf once chosen
+    phi_t = phi.t().contiguous()  # [d, n]: a vector-matrix product reads it fastest
     chosen = torch.empty(m, dtype=torch.long)
-    taken = torch.zeros(n, dtype=torch.bool)
-    acc = torch.zeros_like(mu)
     for k in range(1, m + 1):
-        # || mu - (acc + phi)/k ||^2 = const - 2/k <mu - acc/k, phi> + |phi|^2 / k^2
-        a = mu - acc / k
-        dist = sq / (k * k) - (2.0 / k) * (phi @ a)
-        dist[taken] = float("inf")
+        # || mu - (acc + phi)/k ||^2 = const - (2/k) <mu - acc/k, phi> + |phi|^2 / k^2
+        dist = sq / (k * k) - (2.0 / k) * (s_mu - s_acc / k) + penalty
         i = int(torch.argmin(dist))
         chosen[k - 1] = i
-        taken[i] = True
-        acc += phi[i]
+        penalty[i] = float("inf")
+        s_acc += phi[i] @ phi_t
     return chosen
 
 
