@@ -500,7 +500,12 @@ class ScoreMask(WeightMask):
 
 
 def attach(layer: nn.Module, mask: WeightMask) -> WeightMask:
-    """Register ``mask`` as the parametrization of ``layer.weight``; return it."""
+    """Register ``mask`` as the parametrization of ``layer.weight``; return it. A layer gets
+    one mask: a second one (a method set up twice on one model) is a ValueError."""
+    if parametrize.is_parametrized(layer, "weight") and any(
+        isinstance(p, WeightMask) for p in layer.parametrizations.weight
+    ):
+        raise ValueError("this layer already has a weight mask (was the method set up twice?)")
     parametrize.register_parametrization(layer, "weight", mask)
     return mask
 
