@@ -386,3 +386,28 @@ def test_own_loop_with_the_hooks_gives_fits_weights(name):
         m.after_task(task)
     for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("name", ["er", "der", "derpp", "agem"])
+def test_stream_replay_runs_with_a_shared_head(name):
+    bench = blobs(n_tasks=3, per_class=30)
+    torch.manual_seed(0)
+    model = ContinualModel(TinyBackbone(), bench.classes_per_task, head="shared")
+    r = fit(model, bench, make_method(name, **SMALL), epochs=2, lr=0.1)
+    assert r.task_aware.rows == r.task_agnostic.rows
+
+
+@pytest.mark.parametrize("name", ["icarl", "bic", "lucir"])
+def test_exemplar_methods_need_one_head_per_task(name):
+    bench = blobs(n_tasks=2, per_class=30)
+    model = ContinualModel(TinyBackbone(), bench.classes_per_task, head="shared")
+    with pytest.raises(ValueError, match="one head per task"):
+        make_method(name).setup(model, _info(bench))
+
+
+def test_bic_and_lucir_report_their_learned_scalars():
+    bench = blobs(n_tasks=2, per_class=30)
+    r = fit(_model(bench), bench, make_method("bic", **SMALL), epochs=2, lr=0.1)
+    assert r.metrics()["method"]["bias_task"] == 1
+    r = fit(_model(bench), bench, make_method("lucir", **SMALL), epochs=2, lr=0.1)
+    assert r.metrics()["method"]["scale"] > 1.0

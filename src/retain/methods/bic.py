@@ -180,6 +180,14 @@ class BiC(ExemplarMethod):
         upto = self.current_task + 1 if upto is None else upto
         return self.corrected(self.model(x, upto=upto))
 
+    def extra_metrics(self) -> dict[str, Any]:
+        """The current bias correction (``alpha``, ``beta`` on task ``task``'s outputs)."""
+        return {
+            "bias_task": self.bias_task,
+            "alpha": round(float(self.alpha), 6),
+            "beta": round(float(self.beta), 6),
+        }
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {

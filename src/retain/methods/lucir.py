@@ -103,6 +103,10 @@ class LUCIR(ExemplarMethod):
         assert self.model is not None
         return self.model.heads[0].scale
 
+    def extra_metrics(self) -> dict[str, float]:
+        """The learned scale ``sigma`` of the cosine classifier."""
+        return {"scale": round(float(self.scale.detach()), 6)}
+
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
         assert self.model is not None
         # backbone and the current head (its parameters include the shared scale)
