@@ -191,3 +191,31 @@ def test_smax_inference_masks_are_binary_and_chain_errors():
     bad = ContinualModel(NotAChain(), [2, 2])
     with pytest.raises(ValueError, match="chain"):
         HAT().setup(bad, None)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashingHAT(HAT):
+    def __init__(self, n, **kw):
+        super().__init__(**kw)
+        self.n, self.steps = n, 0
+
+    def after_step(self):
+        super().after_step()
+        self.steps += 1
+        if self.steps == self.n:
+            raise Crash
+
+
+@pytest.mark.parametrize("crash_at", [3, 9])  # 2 batches per epoch, 3 epochs per task
+def test_resume_inside_a_task_gives_identical_metrics(tmp_path, crash_at):
+    bench = blobs(n_tasks=2, per_class=12)
+    kw = dict(epochs=3, lr=0.05, batch_size=12, momentum=0.9, checkpoint_every=1, seed=1)
+    fit(_mlp(bench), bench, HAT(), run_dir=tmp_path / "a", **kw)
+    with pytest.raises(Crash):
+        fit(_mlp(bench), bench, CrashingHAT(crash_at), run_dir=tmp_path / "b", **kw)
+    fit(_mlp(bench), bench, HAT(), run_dir=tmp_path / "b", resume=True, **kw)
+    a = (tmp_path / "a" / "metrics.json").read_bytes()
+    assert a == (tmp_path / "b" / "metrics.json").read_bytes()

@@ -135,8 +135,9 @@ class PackNet(Method):
         """Fraction of the free weights of every layer that task ``task_id`` keeps."""
         if self.prune_ratio is not None:
             return 1.0 - self.prune_ratio
-        assert self.info is not None
-        return 1.0 / max(self.info.n_tasks - task_id, 1)
+        assert self.model is not None
+        n_tasks = self.info.n_tasks if self.info is not None else self.model.n_tasks
+        return 1.0 / max(n_tasks - task_id, 1)
 
     @torch.no_grad()
     def prune(self) -> dict[str, Tensor]:
