@@ -60,6 +60,8 @@ def run_cell(base_sets: list[str], overrides: dict, seed: int, threads: int) -> 
         "seconds": seconds,
         **{f"taw_{k}": v for k, v in m["task_aware"]["summary"].items()},
         **{f"tag_{k}": v for k, v in m["task_agnostic"]["summary"].items()},
+        "taw_final_row": m["task_aware"]["rows"][-1],  # per-task accuracy after the last task
+        "tag_final_row": m["task_agnostic"]["rows"][-1],
         "extra": m.get("method", {}),
     }
 
