@@ -177,3 +177,14 @@ def test_resume_at_a_task_boundary_gives_identical_metrics(tmp_path):
     fit(model(), bench, method(), run_dir=tmp_path / "broken", resume=True, **kw)
     full = (tmp_path / "full" / "metrics.json").read_bytes()
     assert full == (tmp_path / "broken" / "metrics.json").read_bytes()
+
+
+def test_configs_resolve():
+    from pathlib import Path
+
+    from retain.experiment import resolve
+
+    for name in ("eidetic-pmnist", "eidetic-split-fmnist"):
+        config = resolve(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
+        method = make_method(config.method, **config.method_args)
+        assert isinstance(method, Eidetic)

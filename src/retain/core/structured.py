@@ -675,11 +675,14 @@ class NeuronMasks:
             self.pruned[g].copy_(state["pruned"][g])
 
 
+_REPORT_KEYS = ("group", "layers", "size", "per_task", "pruned_now", "free")
+
+
 def format_capacity(report: dict[str, Any]) -> str:
     """A text table of :meth:`NeuronMasks.capacity`: neurons owned per task and free."""
     rows = report["groups"] + [{"group": "total", **report["total"]}]
     n_tasks = len(rows[0]["per_task"])
-    extras = [k for k in report["total"] if k not in ("size", "per_task", "free")]
+    extras = [k for k in report["groups"][0] if k not in _REPORT_KEYS]
     head = (
         f"{'group':<28} {'size':>6} "
         + " ".join(f"{'t' + str(t):>5}" for t in range(n_tasks))

@@ -651,6 +651,8 @@ class Eidetic(Method):
         _, masks, _ = self._require()
         rep = masks.capacity(self.n_tasks, {self.n_tasks: "router"})
         rep["weights"] = masks.weight_usage(self.finished + 1)
+        for key in ("cap", "cap_raw"):  # WSN's CAP, for tables next to the masked methods
+            rep["total"][key] = rep["weights"]["total"][key]
         return rep
 
     def format_capacity(self) -> str:
