@@ -33,6 +33,14 @@ class EWC(Method):
     ScrollNet's EWC is ``ewc(lamb=5000, online=True, alpha=0.5,
     importance_args={"heads": "seen"})``.
 
+    Choosing lambda: the penalty's curvature along parameter ``i`` is ``2 * scale * lamb * F_i``
+    and plain SGD with learning rate ``lr`` is only stable while ``lr * 2 * scale * lamb *
+    max F < 2``; past that the protected weights oscillate and the run diverges (NaN). The
+    Fisher's scale depends on the data and on how confident the model is (with ``max_pred``
+    labels a near-perfect model has a tiny Fisher), so lambda is not portable across
+    benchmarks: on split Fashion-MNIST with an MLP, useful values are around 1e4-1e5
+    (``docs/RESULTS.md``). The same holds for MAS's and SI's strengths.
+
     Args:
         lamb: lambda (ScrollNet's 5000 is the default).
         importance: estimator name (``"fisher"``, ``"mas"``, ``"si"``) or instance.
