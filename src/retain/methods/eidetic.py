@@ -501,7 +501,9 @@ class Eidetic(Method):
 
     def train_task(self, task: Task, trainer: Trainer) -> None:
         """The engine's entry point: :meth:`fit_task` with the run's optimiser settings and
-        batch order; after the last task, also the router phase."""
+        batch order; after the last task, also the router phase. ``epochs`` caps pre-training
+        (early stopping usually ends it sooner); ``lr_milestones`` are not used. Runs resume at
+        task boundaries (``fit(..., resume=True)``); no checkpoint is written inside a task."""
         model, _, _ = self._require()
         cfg = trainer.config
         optimizer = trainer.make_optimizer(self.trainable_parameters(task))
