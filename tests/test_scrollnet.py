@@ -107,6 +107,17 @@ def test_penalty_once_per_step_or_once_per_width(bench, base):
     torch.testing.assert_close(per_width - once, 3 * reg, rtol=1e-5, atol=1e-6)
 
 
+def test_narrow_loss_base_runs_the_whole_base_loss_at_every_width(bench):
+    method, batch = _at_task_one(bench, "lwf", splits=2, narrow_loss="base")
+    task = bench[1]
+    expected = method.base.loss(batch, task)
+    with width(method.model, 1):
+        expected = expected + method.base.loss(batch, task)
+    torch.testing.assert_close(method.loss(batch, task), expected)
+    with pytest.raises(ValueError):
+        ScrollNet(narrow_loss="nope")
+
+
 def test_base_subnet_loss_hook_is_used(bench):
     calls = []
 

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from retain.models.continual import ContinualModel
 
 
+NARROW_LOSSES = ("ce", "base")
+
+
 @register
 class ScrollNet(Method):
     """ScrollNet (Yang et al., ICCV-W 2023) around any method: nested sub-networks, scrolled.
@@ -60,7 +63,10 @@ class ScrollNet(Method):
     (LwF) is applied on the full-width pass only, as the official LwF code (Eq. 7). With
     ``penalty_per_width=True`` a base exposing ``regularizer()`` (EWC, MAS, SI) has it added
     to every width, K times in all: the official EWC code's behaviour (its effective lambda
-    is K times the stated one). One backward pass for the sum, as the official code.
+    is K times the stated one). ``narrow_loss="base"`` runs the base's whole loss at every
+    width instead (regulariser, distillation and any replay the base mixes in inside its
+    ``loss``, e.g. ER/DER, K times; iCaRL's binary cross-entropy instead of softmax CE at the
+    narrow widths). One backward pass for the sum, as the official code.
 
     Cost: K forward/backward passes per step, narrower ones cheaper (about ``k^2/K^2`` of the
     full-width work for a conv/linear layer sliced on both sides).
@@ -72,6 +78,8 @@ class ScrollNet(Method):
             gives the base method exactly).
         scroll_step: groups to scroll per task (1 in the paper).
         penalty_per_width: repeat the base's ``regularizer()`` on every width (see above).
+        narrow_loss: ``"ce"`` (default): the narrower widths' loss is the base's
+            ``subnet_loss`` or plain cross-entropy; ``"base"``: the base's whole ``loss``.
     """
 
     name = "scrollnet"
@@ -83,6 +91,7 @@ class ScrollNet(Method):
         splits: int = 4,
         scroll_step: int = 1,
         penalty_per_width: bool = False,
+        narrow_loss: str = "ce",
     ) -> None:
         if isinstance(base, Method):
             if base_args:
@@ -100,7 +109,12 @@ class ScrollNet(Method):
             raise ValueError(f"splits must be a positive integer, got {splits!r}")
         if isinstance(scroll_step, bool) or not isinstance(scroll_step, int):
             raise ValueError(f"scroll_step must be an integer, got {scroll_step!r}")
+        if narrow_loss not in NARROW_LOSSES:
+            raise ValueError(
+                f"narrow_loss must be one of {', '.join(NARROW_LOSSES)}, got {narrow_loss!r}"
+            )
         super().__init__(loss_heads=self.base.loss_heads)
+        self.narrow_loss = narrow_loss
         self.splits = splits
         self.scroll_step = scroll_step
         self.penalty_per_width = bool(penalty_per_width)
@@ -156,7 +170,10 @@ class ScrollNet(Method):
     def subnet_loss(self, batch: Batch, task: Task) -> Tensor:
         """The loss of one narrower sub-network (the active width): the base's
         ``subnet_loss`` if it has one, else its plain classification loss; plus its
-        ``regularizer()`` when ``penalty_per_width``."""
+        ``regularizer()`` when ``penalty_per_width``. With ``narrow_loss="base"``: the base's
+        whole loss."""
+        if self.narrow_loss == "base":
+            return self.base.loss(batch, task)
         own = getattr(self.base, "subnet_loss", None)
         loss = own(batch, task) if own is not None else Method.loss(self.base, batch, task)
         if self.penalty_per_width:

@@ -37,10 +37,16 @@ Design
   (``_extra_state`` of each layer), so a reloaded or deep-copied model computes the same
   function. Models with different ``K`` coexist in one process.
 
+* **Heads are left alone.** The backbone of a :class:`~retain.models.ContinualModel` returns
+  its features in the full, unscrolled layout with zeros in the inactive groups
+  (:class:`FullOutput`, a forward hook). For a linear head that is exactly ScrollNet's
+  slimmable head (input sliced and scrolled, output not), and every other head works too:
+  LUCIR's cosine heads, which that method installs in its own ``setup`` after the
+  conversion, BiC's corrected outputs, iCaRL's class means of features, a user's head.
+
 Which dimensions are sliced: every output and input channel dimension, except the input of
 the layer(s) reading the raw input (default: the first Linear/Conv2d in module order) and the
-outputs of the classifier heads (default: ``model.heads`` of a
-:class:`~retain.models.ContinualModel`); the heads' inputs are sliced. A linear layer after a
+outputs named in ``fixed_output`` (a plain module's classifier). A linear layer after a
 flatten (AlexNet's ``fc1``) slices its input in groups of ``in_features / K``, which are exactly
 the flattened channel groups of the conv before it (channel-major flatten), so scrolling the
 conv's channels and the linear's inputs by one group stay consistent.
