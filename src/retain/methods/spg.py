@@ -134,6 +134,9 @@ class SPG(Method):
     there is no best-validation restore (the importance is taken from the model after the last
     epoch); the importance pass runs in train mode as the code (dropout on;
     ``importance_eval_mode=True`` for eval mode) but never changes BatchNorm statistics.
+    The official net has no BatchNorm; with one, its affine parameters are soft-masked like
+    any other, but its running statistics follow whatever task is being trained (a known
+    source of forgetting that no gradient mask can prevent).
 
     Variants (configuration, not copies):
 
@@ -146,7 +149,8 @@ class SPG(Method):
       by the same per-tensor ``|tanh(Norm(.))|`` (``normalize="auto"``).
     * ``threshold=h``: HPG, the appendix's hard mask: gradients of parameters with
       ``gamma^{<=t-1} > h`` are zeroed, the others untouched; blocked values are also restored
-      after every step, so they stay exact under weight decay and momentum.
+      after every step, so they stay exact under weight decay and momentum (for that, a copy
+      of the masked parameters is held during a task).
     * EWC-GI is EWC with this importance: ``ewc(importance="spg", importance_args=
       {"accumulate": True}, online=True, alpha=0.0)``.
 
