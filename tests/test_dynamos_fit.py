@@ -1,0 +1,121 @@
+"""Dynamos through fit(): class-incremental by default, metrics, resume, a loop of one's own."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from retain.engine import fit
+from retain.engine.trainer import seed_everything
+from retain.methods import make_method
+from tests.test_dynamos import image_bench, info, tiny_model
+
+KW = dict(memory_size=30, warmup=2)
+
+
+@pytest.mark.parametrize("name", ["dynamos", "dynamos-base"])
+def test_fit_is_class_incremental_and_reports_both_accuracies(name):
+    bench = image_bench(n_tasks=2, per_class=16)
+    kw = KW if name == "dynamos-base" else {**KW, "gamma": 0.1}
+    m = make_method(name, **kw)
+    assert m.loss_heads == "seen"
+    r = fit(tiny_model(bench), bench, m, epochs=3, lr=0.05, batch_size=8)
+    assert not math.isnan(r.task_agnostic.acc()) and not math.isnan(r.task_aware.acc())
+    assert r.task_aware.rows[1][1] > 0.5
+    if name == "dynamos-base":
+        assert r.method_metrics == {}
+        return
+    mm = r.method_metrics
+    assert len(mm["agents"]) == len(mm["keep_ratio"]) == 4
+    assert all(0.0 <= k <= 1.0 for k in mm["keep_ratio"])
+    assert set(mm["keep_ratio_by_task"]) == {"0", "1"}
+    assert len(mm["firing_rate_by_task"]["0"]) == sum(mm["n_filters"]) == 32
+    # the last task's training saw its own classes and replayed ones of task 0
+    assert {"2", "3"} <= set(mm["keep_ratio_by_class"])
+    jsd = mm["class_jsd_last_agent"]
+    assert len(jsd["jsd"]) == len(jsd["classes"])
+    json.dumps(mm)
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crashing(n, **kw):
+    class Crashing(type(make_method("dynamos"))):
+        def after_step(self):
+            super().after_step()
+            self.steps = getattr(self, "steps", 0) + 1
+            if self.steps == n:
+                raise _Crash
+
+    return Crashing(**kw)
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
+    bench = image_bench(n_tasks=2, per_class=12)  # 24 samples a task: 3 batches of 8
+
+    kw = dict(epochs=2, lr=0.05, batch_size=8, checkpoint_every=1, seed=5)
+    full = tmp_path / "full"
+    fit(tiny_model(bench, seed=3), bench, make_method("dynamos", **KW), run_dir=full, **kw)
+    broken = tmp_path / "broken"
+    with pytest.raises(_Crash):  # inside task 1's second epoch, after the warm-up
+        fit(tiny_model(bench, seed=3), bench, _crashing(11, **KW), run_dir=broken, **kw)
+    fit(
+        tiny_model(bench, seed=3),
+        bench,
+        make_method("dynamos", **KW),
+        run_dir=broken,
+        resume=True,
+        **kw,
+    )
+    assert (full / "metrics.json").read_bytes() == (broken / "metrics.json").read_bytes()
+    ev = [json.loads(s) for s in (full / "events.jsonl").read_text().splitlines()]
+    ev2 = [json.loads(s) for s in (broken / "events.jsonl").read_text().splitlines()]
+    assert [e["loss"] for e in ev] == [e["loss"] for e in ev2]
+
+
+def test_own_loop_with_the_hooks_gives_fits_weights():
+    bench = image_bench(n_tasks=2, per_class=12)
+    model_a = tiny_model(bench, seed=1)
+    fit(model_a, bench, make_method("dynamos", **KW), epochs=1, lr=0.05, batch_size=8, seed=4)
+    model_b = tiny_model(bench, seed=1)
+    m = make_method("dynamos", **KW)
+    m.setup(model_b, info(bench))
+    seed_everything(4)
+    g = torch.Generator().manual_seed(4)
+    for task in bench:
+        m.before_task(task)
+        opt = torch.optim.SGD(m.trainable_parameters(task), lr=0.05)
+        model_b.train()
+        for batch in m.batches(task, 8, g):
+            loss = m.loss(batch, task)
+            opt.zero_grad()
+            loss.backward()
+            m.after_backward()
+            opt.step()
+            m.after_step()
+        m.after_task(task)
+    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_firing_rates_by_group_on_a_test_set():
+    bench = image_bench(n_tasks=2, per_class=12)
+    model = tiny_model(bench)
+    m = make_method("dynamos", **KW)
+    m.setup(model, info(bench))
+    m.current_task = 1
+    x = torch.cat([t.x_test for t in bench])
+    y = torch.cat([t.y_test + t.class_offset for t in bench])
+    rates = m.firing_rates(x, y, n_groups=5)
+    assert rates.shape == (5, 32)
+    assert model.training  # mode restored
+    assert torch.isnan(rates[4]).all() and not torch.isnan(rates[:4]).any()
+    # the mean of each group's inference actions, computed directly
+    model.eval()
+    with torch.inference_mode():
+        model(x[y == 2])
+        a = torch.cat([r.actions for r in m.records()], 1)
+    assert torch.allclose(rates[2], a.mean(0).double())
