@@ -421,3 +421,27 @@ def test_setup_twice_does_not_gate_twice_and_bad_options_fail():
     for bad in ({"penalty": -1}, {"keep_ratio": 1.5}, {"inference": "x"}, {"warmup_unit": "s"}):
         with pytest.raises(ValueError):
             make_method("dynamos", **bad)
+
+
+def test_a_gated_model_can_be_deep_copied_after_a_training_forward():
+    bench = image_bench()
+    model, m = set_up(bench)
+    model.train()
+    model(bench[0].x_train[:4])  # records with a graph stay on the blocks
+    clone = copy.deepcopy(model)
+    assert all(b.records is None for b in clone.modules() if isinstance(b, GatedBlock))
+    assert any(b.records is not None for b in m.blocks.values())
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_agent_losses_reach_the_backbone_unless_detached(detach):
+    torch.manual_seed(0)
+    backbone = ReducedResNet18((1, 8, 8), nf=4)
+    blocks = gate_resnet(backbone, detach_input=detach)
+    backbone.train()
+    backbone(torch.randn(6, 1, 8, 8))
+    v = torch.cat([r.attention for b in blocks.values() for r in b.records], 1)
+    v.square().sum().backward()  # a loss of the attention vectors only
+    stem = backbone.conv1.weight.grad
+    assert (stem is None or stem.abs().sum() == 0) == detach
+    assert all(p.grad is not None for b in blocks.values() for p in b.agent1.parameters())

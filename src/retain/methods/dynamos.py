@@ -149,6 +149,9 @@ class Dynamos(Method):
             Sec. 6.2's trial-to-trial variability).
         gate_shortcut: gate the residual shortcut with the second agent's actions (official
             code: yes).
+        detach_agent_input: agents see detached inputs, so the REINFORCE, prototype and
+            attention losses train the agents only (default ``False``: they reach the backbone,
+            as in the official code).
         gated_stages: 1-based ResNet stages whose blocks get agents (default: the last).
         warmup: length of the warm-up (0: none).
         warmup_unit: ``"iterations"`` (optimiser steps; Table 5's 1-epoch settings) or
@@ -178,6 +181,7 @@ class Dynamos(Method):
         threshold: float = 0.5,
         inference: str = "threshold",
         gate_shortcut: bool = True,
+        detach_agent_input: bool = False,
         gated_stages: Sequence[int] | None = None,
         warmup: int = 10,
         warmup_unit: str = "iterations",
@@ -216,6 +220,7 @@ class Dynamos(Method):
             "threshold": float(threshold),
             "inference": inference,
             "gate_shortcut": bool(gate_shortcut),
+            "detach_input": bool(detach_agent_input),
         }
         self.gated_stages = None if gated_stages is None else [int(s) for s in gated_stages]
         self.warmup, self.warmup_unit = int(warmup), warmup_unit

@@ -121,6 +121,8 @@ class GatedBlock(nn.Module):
         threshold: inference keeps channel ``i`` when ``p_i > threshold`` (0.5 in the paper).
         inference: ``"threshold"`` (default) or ``"sample"`` (Bernoulli actions in eval mode).
         gate_shortcut: multiply the shortcut by the second gate's actions too (official code).
+        detach_input: the agents see their inputs detached, so their losses train the agents
+            only, not the backbone (the official code does not detach; default ``False``).
 
     Attributes:
         enabled: ``False`` bypasses the agents (plain block; Dynamos' warm-up).
@@ -135,6 +137,7 @@ class GatedBlock(nn.Module):
         threshold: float = 0.5,
         inference: str = "threshold",
         gate_shortcut: bool = True,
+        detach_input: bool = False,
     ) -> None:
         super().__init__()
         if inference not in INFERENCE_MODES:
@@ -148,12 +151,20 @@ class GatedBlock(nn.Module):
         self.threshold = float(threshold)
         self.inference = inference
         self.gate_shortcut = bool(gate_shortcut)
+        self.detach_input = bool(detach_input)
         self.enabled = True
         self.records: tuple[GateRecord, GateRecord] | None = None
 
     @property
     def agents(self) -> tuple[Agent, Agent]:
         return self.agent1, self.agent2
+
+    def __getstate__(self) -> dict:
+        # the last forward's records (tensors with a graph) are not part of the module:
+        # copying or pickling the model must not carry (or choke on) them
+        state = self.__dict__.copy()
+        state["records"] = None
+        return state
 
     def choose(self, v: Tensor, agent: Agent) -> Tensor:
         """Actions from attention ``v``: Bernoulli(sigmoid(v / tau)) when training (or with
@@ -168,10 +179,11 @@ class GatedBlock(nn.Module):
         if not self.enabled:
             self.records = None
             return b(x)
-        v1 = self.agent1(x)
+        d = self.detach_input
+        v1 = self.agent1(x.detach() if d else x)
         a1 = self.choose(v1, self.agent1)
         out1 = (b.bn1(b.conv1(x)) * a1[:, :, None, None]).relu()
-        v2 = self.agent2(out1)
+        v2 = self.agent2(out1.detach() if d else out1)
         a2 = self.choose(v2, self.agent2)
         g2 = a2[:, :, None, None]
         out = b.bn2(b.conv2(out1)) * g2
