@@ -108,8 +108,10 @@ def test_kth_largest_and_topk_mask_are_exact(n):
     x[: n // 10] = -0.0  # negative zeros and many ties
     for k in sorted({1, 2, n // 3, n // 2, n - 1, n}):
         assert kth_largest(x, k) == x.kthvalue(n - k + 1).values
+        assert kth_largest(x.abs(), k, nonneg=True) == x.kthvalue(n - k + 1).values
         m = topk_mask(x, k)
         assert int(m.sum()) == k
+        assert torch.equal(topk_mask(x.abs(), k, nonneg=True), m)
         assert x[m].min() >= x[~m].max() if k < n else True
     signed = torch.randn(n, generator=g)  # negative values: the general path
     assert kth_largest(signed, 1) == signed.max()

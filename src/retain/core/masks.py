@@ -447,12 +447,13 @@ class WeightMask(nn.Module):
 
 
 class _StraightThroughTopK(torch.autograd.Function):
-    """Forward: 0/1 mask of the ``k`` largest entries. Backward: the gradient unchanged
-    (straight-through estimator, Ramanujan et al., CVPR 2020, "edge-popup", Sec. 3)."""
+    """Forward: 0/1 mask of the ``k`` largest entries of a *non-negative* tensor (``|s|``).
+    Backward: the gradient unchanged (straight-through estimator, Ramanujan et al., CVPR 2020,
+    "edge-popup", Sec. 3)."""
 
     @staticmethod
     def forward(ctx, scores: Tensor, k: int) -> Tensor:
-        return topk_mask(scores.detach(), k).to(scores.dtype)
+        return topk_mask(scores.detach(), k, nonneg=True).to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -489,9 +490,8 @@ class ScoreMask(WeightMask):
 
     def current_mask(self) -> Tensor:
         """The boolean mask the scores select now."""
-        return topk_mask(
-            self.scores.detach().abs(), density_count(self.scores.numel(), self.density)
-        )
+        k = density_count(self.scores.numel(), self.density)
+        return topk_mask(self.scores.detach().abs(), k, nonneg=True)
 
     def forward(self, weight: Tensor) -> Tensor:
         if self.mask is not None:
@@ -530,39 +530,48 @@ def density_count(numel: int, density: float) -> int:
 _RADIX_MIN = 1 << 16
 
 
-def kth_largest(x: Tensor, k: int) -> Tensor:
+def kth_largest(x: Tensor, k: int, nonneg: bool = False) -> Tensor:
     """The ``k``-th largest entry of ``x`` (a 0-d tensor), ``1 <= k <= numel``.
 
     For large non-negative float32 tensors (|scores|, |weights|): one radix pass on the top 16
     bits of the IEEE representation (monotone for non-negative floats) finds the bucket that
     holds the answer, then ``kthvalue`` runs on that bucket only; about 2-3x faster than a
-    ``kthvalue`` over the whole tensor on CPU. Otherwise plain ``kthvalue``.
+    ``kthvalue`` over the whole tensor on CPU. Otherwise plain ``kthvalue``. ``nonneg=True``
+    promises ``x >= 0`` with no ``-0.0`` (e.g. the output of ``abs()``) and skips checking.
     """
+    return _select(x, k, nonneg)[0]
+
+
+def _select(x: Tensor, k: int, nonneg: bool) -> tuple[Tensor, int | None]:
+    """(k-th largest value, number of entries >= it when known without a full pass)."""
     flat = x.detach().reshape(-1)
     n = flat.numel()
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
-    if flat.dtype != torch.float32 or n < _RADIX_MIN or bool(flat.min() < 0):
-        return flat.kthvalue(n - k + 1).values
-    bits = flat.view(torch.int32) & 0x7FFFFFFF  # -0.0 -> +0.0
-    hi = bits >> 16
+    if flat.dtype != torch.float32 or n < _RADIX_MIN or (not nonneg and bool(flat.min() < 0)):
+        return flat.kthvalue(n - k + 1).values, None
+    bits = flat.view(torch.int32)
+    hi = bits >> 16 if nonneg else (bits & 0x7FFFFFFF) >> 16  # -0.0 -> +0.0
     counts = torch.bincount(hi, minlength=1 << 15)
     at_or_above = counts.flip(0).cumsum(0).flip(0)  # entries with bucket >= b
     b = int((at_or_above >= k).sum()) - 1
     above = int(at_or_above[b + 1]) if b + 1 < len(at_or_above) else 0
     bucket = flat[hi == b]
-    return bucket.kthvalue(bucket.numel() - (k - above) + 1).values
+    value = bucket.kthvalue(bucket.numel() - (k - above) + 1).values
+    return value, above + int((bucket >= value).sum())
 
 
-def topk_mask(x: Tensor, k: int) -> Tensor:
-    """Boolean mask of exactly ``k`` largest entries of ``x`` (ties broken by ``topk``)."""
+def topk_mask(x: Tensor, k: int, nonneg: bool = False) -> Tensor:
+    """Boolean mask of exactly ``k`` largest entries of ``x`` (ties broken by ``topk``).
+    ``nonneg``: as in :func:`kth_largest`."""
     n = x.numel()
     if k <= 0:
         return torch.zeros_like(x, dtype=torch.bool)
     if k >= n:
         return torch.ones_like(x, dtype=torch.bool)
-    mask = x >= kth_largest(x, k)
-    if int(mask.sum()) != k:  # ties at the threshold: exact selection
+    value, n_ge = _select(x, k, nonneg)
+    mask = x >= value
+    if (int(mask.sum()) if n_ge is None else n_ge) != k:  # ties: exact selection
         flat = torch.zeros(n, dtype=torch.bool, device=x.device)
         flat[x.reshape(-1).topk(k, sorted=False).indices] = True
         mask = flat.view(x.shape)
