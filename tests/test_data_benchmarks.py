@@ -108,3 +108,39 @@ def test_fmnist_benchmarks_on_small_folder(small_fmnist):
 def test_fmnist_missing_root(tmp_path):
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         get_benchmark("split-fmnist", root=tmp_path / "none")
+
+
+def test_fmnist_class_subset_is_balanced_seeded_and_independent_of_benchmark_seed(small_fmnist):
+    full = get_benchmark("permuted-fmnist", root=small_fmnist, n_tasks=2)
+    a = get_benchmark("permuted-fmnist", root=small_fmnist, n_tasks=2, train_per_class=3)
+    b = get_benchmark("permuted-fmnist", root=small_fmnist, n_tasks=2, train_per_class=3, seed=7)
+    assert len(a[0].y_train) == 30 and len(a[0].y_test) == len(full[0].y_test)
+    assert torch.bincount(a[0].y_train, minlength=10).tolist() == [3] * 10
+    # the same images whatever the benchmark's seed (only the permutations differ)
+    assert torch.equal(a[0].y_train, b[0].y_train)
+    from retain.data import make_permutations
+
+    pa, pb = make_permutations(2, 784, 0, False)[0], make_permutations(2, 784, 7, False)[0]
+    unpermute = lambda task, p: task.x_train.flatten(1)[:, torch.argsort(p)]  # noqa: E731
+    assert torch.equal(unpermute(a[0], pa), unpermute(b[0], pb))
+    s = get_benchmark("split-fmnist", root=small_fmnist, train_per_class=2, test_per_class=1)
+    assert [len(t.y_train) for t in s] == [4] * 5 and [len(t.y_test) for t in s] == [2] * 5
+    assert s.info["train_per_class"] == 2
+
+
+def test_class_subset_keeps_file_order_and_rejects_bad_counts():
+    from retain.data import RawData, class_subset
+
+    y = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    x = torch.arange(8).view(8, 1, 1, 1)
+    data = RawData(x, y, x[:4], y[:4])
+    sub = class_subset(data, train_per_class=2)
+    kept = sub.x_train.flatten().tolist()
+    assert kept == sorted(kept) and len(kept) == 4
+    assert torch.equal(sub.y_train, y[sub.x_train.flatten()])
+    assert torch.equal(sub.x_test, data.x_test)
+    assert class_subset(data, 2).x_train.flatten().tolist() == kept  # seeded
+    with pytest.raises(DataError, match="train_per_class=5 but class 0 has only 4"):
+        class_subset(data, train_per_class=5)
+    with pytest.raises(DataError, match="positive integer"):
+        class_subset(data, test_per_class=0)

@@ -26,6 +26,7 @@ from retain.data.scenarios import (
 )
 from retain.data.sources import (
     RawData,
+    class_subset,
     clear_cache,
     load_cifar,
     load_digits,
@@ -44,6 +45,7 @@ __all__ = [
     "benchmark_from_task_tensors",
     "benchmark_from_tensors",
     "benchmark_parameters",
+    "class_subset",
     "clear_cache",
     "describe_benchmarks",
     "get_benchmark",

