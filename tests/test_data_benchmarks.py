@@ -25,6 +25,7 @@ NAMES = [
     "rotated-fmnist",
     "permuted-mnist5k",
     "split-digits",
+    "mnist360-5k",
 ]
 
 

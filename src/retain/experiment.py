@@ -185,6 +185,10 @@ def resolve(
     return rc
 
 
+def single_pass_message(benchmark: str, epochs: int) -> str:
+    return f"benchmark {benchmark!r} is a single-pass stream: epochs must be 1, got {epochs}"
+
+
 def build(config: RunConfig):
     """Seed, then build ``(benchmark, model, method)`` from a config (errors: ConfigError)."""
     from retain.data import DataError, get_benchmark
@@ -196,6 +200,8 @@ def build(config: RunConfig):
         benchmark = get_benchmark(config.benchmark, **config.benchmark_args)
     except DataError as e:
         raise ConfigError(str(e)) from None
+    if config.epochs != 1 and any(task.ordered for task in benchmark):
+        raise ConfigError(single_pass_message(config.benchmark, config.epochs))
     seed_everything(config.seed)
     try:
         model = build_model(

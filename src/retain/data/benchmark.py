@@ -31,6 +31,9 @@ class Task:
         classes: names (or original ids) of the task's classes, in local-label order.
         class_offset: global label of local label 0.
         name: a short human-readable description, e.g. ``"classes 0,1"``.
+        ordered: the training samples form a stream to be seen once, in the stored order
+            (general continual learning, e.g. ``mnist360-5k``): methods draw batches without
+            shuffling and ``fit`` allows one epoch only.
     """
 
     id: int
@@ -41,6 +44,7 @@ class Task:
     classes: list
     class_offset: int = 0
     name: str = ""
+    ordered: bool = False
 
     @property
     def n_classes(self) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from retain.data.benchmark import Benchmark, DataError
 from retain.data.scenarios import permuted, rotated, split
 from retain.data.sources import class_subset, load_digits, load_fashion_mnist, load_mnist5k
+from retain.data.stream import rotating_pairs
 
 BenchmarkBuilder = Callable[..., Benchmark]
 
@@ -225,3 +226,33 @@ def split_digits(
         name="split-digits",
     )
     return _source_info(bench, "digits", split_seed=split_seed)
+
+
+@register(
+    "mnist360-5k",
+    "MNIST-5k as an MNIST-360-style stream: digits 0-8 in overlapping pairs, drifting rotation,"
+    " one pass, no task boundaries",
+)
+def mnist360_5k(
+    *,
+    n_tasks: int = 1,
+    seed: int = 0,
+    rounds: int = 3,
+    n_classes: int = 9,
+    split_seed: int = 0,
+) -> Benchmark:
+    """General continual learning (see :func:`retain.data.stream.rotating_pairs`): 3,600
+    training images of digits 0-8 from MNIST-5k, shown once as 27 phases of two digits; 900
+    test images at every pose. ``n_tasks`` is always 1 (one boundary-free stream)."""
+    if n_tasks != 1:
+        raise DataError(
+            f"mnist360-5k is one boundary-free stream: n_tasks must be 1, got {n_tasks}"
+        )
+    bench = rotating_pairs(
+        load_mnist5k(seed=split_seed),
+        n_classes=n_classes,
+        rounds=rounds,
+        seed=seed,
+        name="mnist360-5k",
+    )
+    return _source_info(bench, "mnist5k", split_seed=split_seed)

@@ -259,10 +259,11 @@ def permuted(
 # --------------------------------------------------------------------------- rotated
 
 
-def rotate_images(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
+def rotate_images(x: Tensor, degrees: float | Tensor, chunk: int = 8192) -> Tensor:
     """Rotate a batch ``(N, C, H, W)`` (or ``(N, H, W)``) about the image centre by ``degrees``
     counter-clockwise as displayed (row 0 at the top), like ``torch.rot90(x, 1, (-2, -1))`` for
     90. Bilinear interpolation; pixels from outside the image are zero. Float inputs only.
+    ``degrees`` is one angle for all images or a tensor of ``N`` angles, one per image.
     """
     if not torch.is_floating_point(x):
         raise DataError(f"rotate_images needs float inputs, got {x.dtype}")
@@ -272,24 +273,27 @@ def rotate_images(x: Tensor, degrees: float, chunk: int = 8192) -> Tensor:
     if x.ndim != 4:
         raise DataError(f"rotate_images needs (N, C, H, W) or (N, H, W), got {tuple(x.shape)}")
     n, c, h, w = x.shape
-    rad = math.radians(degrees)
-    cos, sin = math.cos(rad), math.sin(rad)
+    per_image = isinstance(degrees, Tensor)
+    if per_image and degrees.shape != (n,):
+        raise DataError(f"rotate_images got {tuple(degrees.shape)} angles for {n} images")
+    rad = torch.deg2rad(degrees.to(torch.float64)) if per_image else torch.tensor([degrees])
+    if not per_image:
+        rad = torch.deg2rad(rad.to(torch.float64))
+    cos, sin = torch.cos(rad), torch.sin(rad)
     # affine_grid works in coordinates normalised to [-1, 1] per axis; rescale so the rotation
     # is a true rotation in pixel space for non-square images too. Output pixel (u, v) samples
     # the input at R(angle) (u, v), which turns the picture counter-clockwise.
-    theta = torch.tensor(
-        [[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], dtype=x.dtype
-    ).unsqueeze(0)
-    grid = F.affine_grid(theta, [1, c, h, w], align_corners=False)
+    zero = torch.zeros_like(cos)
+    theta = torch.stack(
+        [torch.stack([cos, -sin * h / w, zero], 1), torch.stack([sin * w / h, cos, zero], 1)], 1
+    ).to(x.dtype)
     out = torch.empty_like(x)
     for start in range(0, n, chunk):
         part = x[start : start + chunk]
+        th = theta[start : start + chunk] if per_image else theta.expand(len(part), 2, 3)
+        grid = F.affine_grid(th, [len(part), c, h, w], align_corners=False)
         out[start : start + chunk] = F.grid_sample(
-            part,
-            grid.expand(len(part), h, w, 2),
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=False,
+            part, grid, mode="bilinear", padding_mode="zeros", align_corners=False
         )
     return out.squeeze(1) if squeeze else out
 

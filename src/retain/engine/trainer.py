@@ -295,6 +295,11 @@ def fit(
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     config.validate()
+    if config.epochs != 1 and any(task.ordered for task in benchmark):
+        raise ValueError(
+            f"benchmark {benchmark.name!r} is a single-pass stream: epochs must be 1, "
+            f"got {config.epochs}"
+        )
     run_path = Path(run_dir) if run_dir is not None else None
     info = BenchmarkInfo(
         benchmark.n_tasks, benchmark.classes_per_task, tuple(benchmark.input_shape)

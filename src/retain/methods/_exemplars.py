@@ -96,7 +96,7 @@ class ExemplarMethod(Method):
 
     def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for x, y, t in iterate_batches(
-            self.train_data(task), batch_size, generator=generator, shuffle=True
+            self.train_data(task), batch_size, generator=generator, shuffle=not task.ordered
         ):
             yield Batch(x, y, t)
 

@@ -110,7 +110,10 @@ class Method:
         """Training batches of one epoch. Methods that mix in other data override this."""
         tid = torch.full((len(task.y_train),), task.id, dtype=torch.long)
         for x, y, t in iterate_batches(
-            (task.x_train, task.y_train, tid), batch_size, generator=generator, shuffle=True
+            (task.x_train, task.y_train, tid),
+            batch_size,
+            generator=generator,
+            shuffle=not task.ordered,
         ):
             yield Batch(x, y, t, task.id)
 
