@@ -119,3 +119,37 @@ def test_firing_rates_by_group_on_a_test_set():
         model(x[y == 2])
         a = torch.cat([r.actions for r in m.records()], 1)
     assert torch.allclose(rates[2], a.mean(0).double())
+
+
+def test_analysis_arrays_and_plots_in_the_run_folder(tmp_path):
+    import numpy as np
+
+    from retain.report.dynamos_analysis import NPZ, write_dynamos_analysis
+
+    bench = image_bench(n_tasks=2, per_class=16)
+    r = fit(
+        tiny_model(bench),
+        bench,
+        make_method("dynamos", **KW, gamma=0.1),
+        epochs=1,
+        lr=0.05,
+        batch_size=8,
+    )
+    paths = write_dynamos_analysis(tmp_path, r.method_metrics)
+    names = sorted(p.name for p in paths)
+    assert names == sorted([NPZ, "firing_by_class.png", "firing_by_task.png", "class_jsd.png"])
+    for p in paths:
+        if p.suffix == ".png":
+            assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    a = np.load(tmp_path / NPZ)
+    mm = r.method_metrics
+    assert a["firing_by_class"].shape == (len(mm["firing_rate_by_class"]), sum(mm["n_filters"]))
+    assert a["firing_by_task"].shape == (2, sum(mm["n_filters"]))
+    assert ((a["firing_by_class"] >= 0) & (a["firing_by_class"] <= 1)).all()
+    row = str(int(a["classes"][0]))
+    assert np.allclose(a["firing_by_class"][0], mm["firing_rate_by_class"][row])
+    jsd = a["class_jsd"]
+    assert np.allclose(jsd, jsd.T) and np.allclose(np.diag(jsd), 0)
+    # a method without agents writes nothing
+    assert write_dynamos_analysis(tmp_path / "none", {}) == []
+    assert not (tmp_path / "none").exists()

@@ -198,8 +198,11 @@ def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
         progress=False if quiet else None,
     )
     from retain.report import format_result
+    from retain.report.dynamos_analysis import write_dynamos_analysis
 
-    print(format_result(result.metrics()))
+    metrics = result.metrics()
+    write_dynamos_analysis(run_dir, metrics.get("method", {}))
+    print(format_result(metrics))
     return 0
 
 
