@@ -1,11 +1,13 @@
 """retain: continual learning for PyTorch.
 
-import retain
-bench = retain.get_benchmark("split-fmnist")
-retain.seed_everything(0)
-model = retain.build_model("mlp", bench.input_shape, bench.classes_per_task)
-result = retain.fit(model, bench, retain.make_method("finetune"), epochs=2, lr=0.01)
-print(result.task_agnostic.summary())
+A whole run (README.md shows the command line)::
+
+    import retain
+    bench = retain.get_benchmark("split-fmnist")
+    retain.seed_everything(0)
+    model = retain.build_model("mlp", bench.input_shape, bench.classes_per_task)
+    result = retain.fit(model, bench, retain.make_method("finetune"), epochs=2, lr=0.01)
+    print(result.task_agnostic.summary())
 """
 
 from __future__ import annotations
