@@ -1,4 +1,4 @@
-"""The ``retain`` command: ``run``, ``list``, ``report``.
+"""The ``retain`` command: ``run``, ``list``, ``report``, ``compare``, ``sweep``.
 
 Every user error (names, config keys and values, files, data) ends in one line on stderr and
 exit code 2; nothing already in a run folder is overwritten or lost.
@@ -45,8 +45,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("list", help="show the available methods, benchmarks and models")
 
-    rep = sub.add_parser("report", help="summarise run folders as a table")
+    rep = sub.add_parser(
+        "report",
+        help="tables (mean ± std over seeds) and plots of run folders: report.md, report.html",
+    )
     rep.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    rep.add_argument("--out", default="report", help="folder for the report (default: report)")
+    rep.add_argument("--note", default="", help="a line of text shown above the tables")
     return p
 
 
@@ -56,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "list":
             return _list()
         if args.command == "report":
-            return _report(args.runs)
+            return _report(args.runs, Path(args.out), args.note)
         return _run(args)
     except UserError as e:
         print(f"retain: error: {e}", file=sys.stderr)
@@ -217,13 +222,41 @@ def _tasks_done(run_dir: Path) -> int:
     return len(json.loads(path.read_text())["task_aware"]["rows"])
 
 
-def _report(paths: list[str]) -> int:
-    from retain.report import collect_runs, format_runs_table
+def _warn(message: str) -> None:
+    print(f"retain: warning: {message}", file=sys.stderr)
 
-    runs = collect_runs([Path(p) for p in paths])
-    if not runs:
-        raise UserError(f"no run folders (with {'metrics.json'}) found in {', '.join(paths)}")
-    print(format_runs_table(runs))
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} exists and is not a folder")
+
+
+def _report(paths: list[str], out: Path, note: str) -> int:
+    from retain.report import collect, make_report, markdown_table, write_report
+
+    for p in paths:
+        if not Path(p).is_dir():
+            raise UserError(f"{p!r} is not a folder")
+    _check_out_dir(out)
+    collection = collect([Path(p) for p in paths])
+    for skipped in collection.skipped:
+        _warn(skipped.message())
+    if not collection.runs:
+        raise UserError(
+            f"no finished run folders in {', '.join(paths)}"
+            + (
+                f" ({len(collection.skipped)} skipped, see the warnings)"
+                if collection.skipped
+                else ""
+            )
+        )
+    report = make_report(collection, note=note)
+    if note:
+        print(note, end="\n\n")
+    for section in report.sections:
+        print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
+    written = write_report(report, out)
+    print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,58 @@
+"""The report as Markdown: a table per benchmark, figures linked as PNG files beside it."""
+
+from __future__ import annotations
+
+from retain.report.document import Report
+from retain.report.layout import layout, seeds_line, settings_line
+from retain.report.summary import Table
+
+FIGURES_DIR = "figures"
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table(table: Table, with_time: bool = True) -> str:
+    """A Markdown table of the groups of ``table``; best accuracy means in bold."""
+    lay = layout(table, with_time=with_time)
+    headers = []
+    i = 0
+    for title, width in lay.spans:  # prefix the metric names with their setting
+        for h in lay.headers[i : i + width]:
+            prefix = {"task-aware": "TAw ", "task-agnostic": "TAg "}.get(title, "")
+            headers.append(prefix + h)
+        i += width
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in lay.rows:
+        cells = [f"**{_escape(c.text)}**" if c.best else _escape(c.text) for c in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(report: Report) -> str:
+    """The whole report; figures are referenced as ``figures/<name>``."""
+    out = [f"# {report.title}", ""]
+    if report.note:
+        out += [f"> {report.note}", ""]
+    out += [
+        "Accuracies in %, mean ± standard deviation over seeds. ACC: final average accuracy; "
+        "BWT: backward transfer; FWT: forward transfer; Forg.: forgetting; TAw: task-aware "
+        "(the task id is given); TAg: task-agnostic (argmax over all classes seen); CAP: memory "
+        "of the used weights and task masks as % of the dense model (masked methods); time: "
+        "training wall time in seconds. Bold: best mean of its column.",
+        "",
+    ]
+    for section in report.sections:
+        t = section.table
+        out += [f"## {_escape(t.title)}", "", markdown_table(t), ""]
+        if t.common:
+            out += [f"Settings shared by every row: {settings_line(t)}.", ""]
+        out += [f"Seeds: {seeds_line(t)}.", ""]
+        for fig in section.figures:
+            out += [f"![{fig.caption}]({FIGURES_DIR}/{fig.name})", "", f"*{fig.caption}*", ""]
+    if report.skipped:
+        out += ["## Skipped run folders", ""]
+        out += [f"- `{s.path}`: {s.reason}" for s in report.skipped]
+        out.append("")
+    return "\n".join(out)
