@@ -52,7 +52,60 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     rep.add_argument("--out", default="report", help="folder for the report (default: report)")
     rep.add_argument("--note", default="", help="a line of text shown above the tables")
+
+    cmp = sub.add_parser(
+        "compare",
+        help="train methods x seeds on one benchmark, print the table, write the report",
+        description="Train every method with every seed on one benchmark (each trial an "
+        "ordinary run folder under --out; run again to skip finished trials and resume "
+        "interrupted ones), print the table of mean ± std over seeds and write OUT/report/.",
+    )
+    cmp.add_argument("--benchmark", required=True, help="benchmark name (see `retain list`)")
+    cmp.add_argument("--methods", required=True, help="comma-separated method names")
+    cmp.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a list 0,4,7")
+    cmp.add_argument("--model", help="backbone name (default: mlp)")
+    cmp.add_argument("--epochs", type=int, help="epochs per task (default 1)")
+    cmp.add_argument("--threads", type=int, help="torch threads per trial (default 1)")
+    cmp.add_argument("--config", help="YAML file of config keys for every trial")
+    cmp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="[METHOD:]KEY=VALUE",
+        help="a config key for every trial, or with METHOD: for that method's trials only "
+        "(ewc:method_args.lamb=5000)",
+    )
+    cmp.add_argument("--out", help="folder of the trials (default runs/compare-<benchmark>)")
+    cmp.add_argument("--note", default="", help="a line of text shown above the table")
+    _add_workers(cmp, default=1)
+
+    swp = sub.add_parser(
+        "sweep",
+        help="run a sweep file (methods x benchmarks x seeds x hyperparameters), on Ray",
+        description="Run every trial of a sweep file (see `retain.sweep`), each an ordinary "
+        "run folder; run again to skip finished trials and resume interrupted ones. Trials run "
+        "on an embedded local Ray (pip install 'retain[sweep]'), on a Ray cluster with "
+        "--address, or one after another here with --workers 1.",
+    )
+    swp.add_argument("file", metavar="SWEEP.yaml", help="the sweep file")
+    swp.add_argument("--out", help="folder of the trials (default: the file's out, or runs/<name>)")
+    swp.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a key for every trial"
+    )
+    swp.add_argument("--note", default="", help="a line of text shown above the table")
+    _add_workers(swp, default=None)
     return p
+
+
+def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default,
+        help="trials at a time: 1 runs them one after another in this process; more run on an "
+        "embedded local Ray" + (" (default: one per CPU)" if default is None else ""),
+    )
+    p.add_argument("--address", help="run the trials on the Ray cluster at this address")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "report":
             return _report(args.runs, Path(args.out), args.note)
+        if args.command == "compare":
+            return _compare(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _run(args)
     except UserError as e:
         print(f"retain: error: {e}", file=sys.stderr)
@@ -165,49 +222,28 @@ def _nonnull(d: dict) -> dict:
 
 
 def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
-    import torch
-
-    from retain.data import DataError
-    from retain.engine import fit, runio
-    from retain.experiment import ConfigError, build
-
-    torch.set_num_threads(config.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        benchmark, model, method = build(config)
-    except (ConfigError, DataError) as e:
-        raise UserError(str(e)) from None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        runio.write_yaml(run_dir / runio.CONFIG, config.to_dict())
-        runio.write_json(
-            run_dir / runio.ENVIRONMENT, runio.environment(config.seed, config.threads)
-        )
-    n_done = _tasks_done(run_dir) if resume else 0
-    if resume and n_done == benchmark.n_tasks:
-        print(f"{run_dir}: all {n_done} tasks already done", file=sys.stderr)
-    else:
-        print(
-            f"retain: {config.method} on {config.benchmark} ({benchmark.n_tasks} tasks, "
-            f"model {config.model}, seed {config.seed}) -> {run_dir}",
-            file=sys.stderr,
-        )
-    result = fit(
-        model,
-        benchmark,
-        method,
-        config.train_config(),
-        seed=config.seed,
-        run_dir=run_dir,
-        resume=resume,
-        progress=False if quiet else None,
-    )
+    from retain.experiment import ConfigError
     from retain.report import format_result
-    from retain.report.dynamos_analysis import write_dynamos_analysis
+    from retain.trials import execute
 
-    metrics = result.metrics()
-    write_dynamos_analysis(run_dir, metrics.get("method", {}))
-    print(format_result(metrics))
+    def announce(benchmark) -> None:
+        n_done = _tasks_done(run_dir) if resume else 0
+        if resume and n_done == benchmark.n_tasks:
+            print(f"{run_dir}: all {n_done} tasks already done", file=sys.stderr)
+        else:
+            print(
+                f"retain: {config.method} on {config.benchmark} ({benchmark.n_tasks} tasks, "
+                f"model {config.model}, seed {config.seed}) -> {run_dir}",
+                file=sys.stderr,
+            )
+
+    try:
+        result = execute(
+            config, run_dir, resume=resume, progress=False if quiet else None, on_built=announce
+        )
+    except ConfigError as e:
+        raise UserError(str(e)) from None
+    print(format_result(result.metrics()))
     return 0
 
 
@@ -257,6 +293,135 @@ def _report(paths: list[str], out: Path, note: str) -> int:
         print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
     written = write_report(report, out)
     print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
+    return 0
+
+
+def _check_workers(workers: int | None, address: str | None) -> None:
+    from retain.sweep import RAY_HINT, ray_available
+
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if (workers != 1 or address) and not ray_available():
+        raise UserError(RAY_HINT)
+
+
+def _split_scoped(pairs: list[str], methods: list[str]) -> tuple[list[str], dict[str, list[str]]]:
+    """``--set`` pairs for every trial, and ``METHOD:KEY=VALUE`` pairs by method."""
+    common: list[str] = []
+    scoped: dict[str, list[str]] = {m: [] for m in methods}
+    for pair in pairs:
+        key = pair.split("=", 1)[0]
+        if ":" in key:
+            method, rest = pair.split(":", 1)
+            if method not in scoped:
+                raise UserError(
+                    f"--set {pair!r}: {method!r} is not one of --methods ({', '.join(methods)})"
+                )
+            scoped[method].append(rest)
+        else:
+            common.append(pair)
+    return common, scoped
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from retain.experiment import ConfigError, load_yaml, parse_set
+    from retain.sweep import SweepError, make_config, parse_seeds
+    from retain.trials import Trial
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods:
+        raise UserError("--methods names no method")
+    if len(set(methods)) != len(methods):
+        raise UserError(f"--methods lists a method twice: {args.methods}")
+    _check_workers(args.workers, args.address)
+    common, scoped = _split_scoped(args.set, methods)
+    flags = {
+        "benchmark": args.benchmark,
+        "model": args.model,
+        "epochs": args.epochs,
+        "threads": args.threads,
+    }
+    try:
+        seeds = parse_seeds(args.seeds, "--seeds")
+        file_keys = load_yaml(args.config) if args.config else {}
+        common_keys = parse_set(common)
+        trials = []
+        for method in methods:
+            for seed in seeds:
+                config = make_config(
+                    [
+                        (f"config {args.config}", file_keys),
+                        ("option", {k: v for k, v in flags.items() if v is not None}),
+                        ("option", {"method": method, "seed": seed}),
+                        ("--set", common_keys),
+                        (f"--set {method}:", parse_set(scoped[method])),
+                    ]
+                )
+                trials.append(config)
+    except (ConfigError, SweepError) as e:
+        raise UserError(str(e)) from None
+    out = Path(args.out) if args.out else Path("runs") / f"compare-{args.benchmark}"
+    _check_out_dir(out)
+    return _run_trials([Trial.under(out, c) for c in trials], out, args, title="retain compare")
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from retain.experiment import ConfigError, parse_set
+    from retain.sweep import SweepError, expand, load_spec
+    from retain.trials import Trial
+
+    try:
+        spec = load_spec(args.file)
+        configs = expand(spec, parse_set(args.set))
+    except (ConfigError, SweepError) as e:
+        raise UserError(str(e)) from None
+    _check_workers(args.workers, args.address)
+    out = Path(args.out or spec.out or Path("runs") / Path(args.file).stem)
+    _check_out_dir(out)
+    return _run_trials([Trial.under(out, c) for c in configs], out, args, title="retain sweep")
+
+
+def _run_trials(trials, out: Path, args: argparse.Namespace, title: str) -> int:
+    """Run the trials, then print the table of those that finished and write OUT/report/;
+    exit 1 when a trial failed."""
+    from retain.report import collect, make_report, markdown_table, write_report
+    from retain.sweep import REPORT_DIR, SweepError, run_trials
+    from retain.trials import TrialConflict, trial_state
+
+    for trial in trials:  # a folder holding another run stops everything before it starts
+        try:
+            trial_state(trial)
+        except TrialConflict as e:
+            raise UserError(str(e)) from None
+    print(
+        f"retain: {len(trials)} trials in {out}" + (f" ({args.note})" if args.note else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        outcome = run_trials(trials, out, workers=args.workers, address=args.address)
+    except SweepError as e:
+        raise UserError(str(e)) from None
+    collection = collect([t.run_dir for t in trials])
+    for skipped in collection.skipped:
+        _warn(skipped.message())
+    if collection.runs:
+        report = make_report(collection, note=args.note, title=title)
+        if args.note:
+            print(args.note, end="\n\n")
+        for section in report.sections:
+            print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
+        written = write_report(report, out / REPORT_DIR)
+        print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
+    for failed in outcome.failed:
+        print(f"retain: trial failed: {failed.run_dir}: {failed.error}", file=sys.stderr)
+    if outcome.failed:
+        print(
+            f"retain: {len(outcome.failed)} of {len(trials)} trials failed; run the same command "
+            "again to retry them (finished trials are skipped)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

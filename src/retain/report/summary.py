@@ -48,11 +48,12 @@ class Stat:
 
 
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"method_args": {"lamb": 1}}`` -> ``{"method_args.lamb": 1}``; lists stay values."""
+    """``{"method_args": {"lamb": 1}, "model_args": {}}`` -> ``{"method_args.lamb": 1}``;
+    lists stay values."""
     out: dict[str, Any] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict):  # an empty mapping (no arguments) adds no key
             out.update(flatten(value, f"{name}."))
         else:
             out[name] = value

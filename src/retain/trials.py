@@ -1,0 +1,189 @@
+"""Trials: one config run in its own ordinary run folder, started, resumed or skipped.
+
+``retain compare`` and ``retain sweep`` describe every trial by a fully resolved
+:class:`~retain.experiment.RunConfig`. Its folder is named after the benchmark, method, seed and
+a hash of the rest of the config (:func:`trial_name`), so running the same grid again finds
+the same folders: a finished trial (``metrics.json`` with every task) is skipped, an
+interrupted one (a ``checkpoint.pt``) is resumed from its last checkpoint, and a folder killed
+before its first checkpoint is started again. A folder whose ``config.yaml`` describes another
+run is never touched (:class:`TrialConflict`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from retain.engine import runio
+from retain.experiment import RunConfig
+
+DONE, RESUME, START = "done", "resume", "start"
+
+
+class TrialConflict(Exception):
+    """A trial folder that holds another run (or an unreadable config)."""
+
+
+def config_hash(config: RunConfig) -> str:
+    """8 hex digits identifying everything in ``config`` but the seed."""
+    d = {k: v for k, v in config.to_dict().items() if k != "seed"}
+    text = json.dumps(d, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def trial_name(config: RunConfig) -> str:
+    """``<benchmark>-<method>-seed<seed>-<hash>``: readable, and unique per config."""
+    return f"{config.benchmark}-{config.method}-seed{config.seed}-{config_hash(config)}"
+
+
+@dataclass
+class Trial:
+    """A config and the run folder it is trained in."""
+
+    config: RunConfig
+    run_dir: Path
+
+    @classmethod
+    def under(cls, root: Path, config: RunConfig) -> Trial:
+        return cls(config, Path(root) / trial_name(config))
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+@dataclass
+class TrialResult:
+    """What happened to a trial: ``action`` (done: skipped as finished, resume, start) and
+    ``status`` (ok or failed, with ``error``), with the run's metrics when it finished."""
+
+    name: str
+    run_dir: str
+    action: str
+    status: str
+    error: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def _tasks_done(run_dir: Path) -> tuple[int, int] | None:
+    path = run_dir / runio.METRICS
+    if not path.is_file():
+        return None
+    try:
+        m = json.loads(path.read_text())["task_aware"]
+        return len(m["rows"]), int(m["n_tasks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def trial_state(trial: Trial) -> str:
+    """:data:`DONE`, :data:`RESUME` or :data:`START` for ``trial``'s folder as it is now;
+    raises :class:`TrialConflict` if the folder holds another run."""
+    run_dir = trial.run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise TrialConflict(f"{run_dir} exists and is not a folder")
+    cfg_file = run_dir / runio.CONFIG
+    if not cfg_file.is_file():
+        return START
+    try:
+        stored = yaml.safe_load(cfg_file.read_text())
+    except (OSError, yaml.YAMLError):
+        raise TrialConflict(f"{run_dir}: unreadable {runio.CONFIG}; move the folder away") from None
+    if stored != trial.config.to_dict():
+        raise TrialConflict(f"{run_dir} holds the config of another run; move it away")
+    done = _tasks_done(run_dir)
+    if done is not None and done[0] == done[1]:
+        return DONE
+    if (run_dir / runio.CHECKPOINT).is_file():
+        return RESUME
+    return START
+
+
+def execute(
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool | None = False,
+    on_built: Callable[[Any], None] | None = None,
+):
+    """Build and train ``config`` in ``run_dir`` (``resume``: from its checkpoint); write the
+    run folder's files. Returns the :class:`~retain.engine.RunResult`. ``on_built`` is called
+    with the benchmark before training (to announce the run).
+
+    Errors in the config or data raise :class:`~retain.experiment.ConfigError`."""
+    import torch
+
+    from retain.data import DataError
+    from retain.engine import fit
+    from retain.experiment import ConfigError, build
+    from retain.report.dynamos_analysis import write_dynamos_analysis
+
+    torch.set_num_threads(config.threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        benchmark, model, method = build(config)
+    except DataError as e:
+        raise ConfigError(str(e)) from None
+    if on_built is not None:
+        on_built(benchmark)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        runio.write_yaml(run_dir / runio.CONFIG, config.to_dict())
+        runio.write_json(
+            run_dir / runio.ENVIRONMENT, runio.environment(config.seed, config.threads)
+        )
+    result = fit(
+        model,
+        benchmark,
+        method,
+        config.train_config(),
+        seed=config.seed,
+        run_dir=run_dir,
+        resume=resume,
+        progress=progress,
+    )
+    write_dynamos_analysis(run_dir, result.metrics().get("method", {}))
+    return result
+
+
+def run_trial(trial: Trial) -> TrialResult:
+    """Skip, resume or start ``trial``; never raises for a failing trial (the error is in the
+    result), so that one bad trial does not stop the others."""
+    t0 = time.perf_counter()
+    action = START
+    try:
+        action = trial_state(trial)
+        if action == DONE:
+            metrics = json.loads((trial.run_dir / runio.METRICS).read_text())
+        else:
+            metrics = execute(trial.config, trial.run_dir, resume=action == RESUME).metrics()
+    except Exception as e:  # reported per trial: the others go on
+        first = (str(e).splitlines() or [""])[0]
+        return TrialResult(
+            trial.name,
+            str(trial.run_dir),
+            action,
+            "failed",
+            error=f"{e.__class__.__name__}: {first}",
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+    return TrialResult(
+        trial.name,
+        str(trial.run_dir),
+        action,
+        "ok",
+        seconds=round(time.perf_counter() - t0, 3),
+        metrics=metrics,
+    )
