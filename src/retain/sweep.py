@@ -28,6 +28,7 @@ import itertools
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -247,6 +248,36 @@ def run_sequential(trials: list[Trial], on_result: Reporter) -> None:
         on_result(run_trial(trial))
 
 
+_WATCHING = False
+
+
+def _exit_with_parent(interval: float = 0.5) -> None:
+    """In a Ray worker: exit as soon as the process that started it (the raylet) is gone, so
+    that killing a sweep (its driver and, with an embedded Ray, the raylet) also stops its
+    trials instead of leaving them to finish unseen. Runs in a daemon thread."""
+    import threading
+
+    global _WATCHING
+    if _WATCHING:  # workers are reused: one watcher each
+        return
+    _WATCHING = True
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="retain-exit-with-parent").start()
+
+
+def _ray_trial(trial: Trial) -> TrialResult:
+    """What a Ray worker runs: :func:`~retain.trials.run_trial`, stopping with its raylet."""
+    _exit_with_parent()
+    return run_trial(trial)
+
+
 def ray_available() -> bool:
     try:
         import ray  # noqa: F401
@@ -284,7 +315,7 @@ def run_on_ray(
         else:
             ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
     try:
-        remote = ray.remote(max_retries=0)(run_trial)
+        remote = ray.remote(max_retries=0)(_ray_trial)
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pending = {
             remote.options(num_cpus=min(t.config.threads, cpus)).remote(t): t for t in trials

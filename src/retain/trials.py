@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,9 +159,35 @@ def execute(
     return result
 
 
+@contextmanager
+def trial_lock(trial: Trial) -> Iterator[None]:
+    """Hold an exclusive lock on ``trial`` (``.<name>.lock`` beside its folder) while it runs,
+    so that two processes never write one run folder: a second one (a sweep run again while a
+    worker of the killed one is still finishing) waits, then finds the trial's new state.
+    The operating system releases the lock when its holder dies. No-op without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = trial.run_dir.parent / f".{trial.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def run_trial(trial: Trial) -> TrialResult:
-    """Skip, resume or start ``trial``; never raises for a failing trial (the error is in the
-    result), so that one bad trial does not stop the others."""
+    """Skip, resume or start ``trial`` (under :func:`trial_lock`); never raises for a failing
+    trial (the error is in the result), so that one bad trial does not stop the others."""
+    with trial_lock(trial):
+        return _run_trial(trial)
+
+
+def _run_trial(trial: Trial) -> TrialResult:
     t0 = time.perf_counter()
     action = START
     try:
