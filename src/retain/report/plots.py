@@ -40,23 +40,40 @@ def _subplots(n: int, width: float, height: float, layout: str = "tight"):
 def accuracy_curves(table: Table) -> bytes:
     """Average accuracy after each task, one line per group, a panel per setting."""
     settings = [s for s in SETTINGS if any(g.has_setting(s) for g in table.groups)]
-    fig, axes = _subplots(len(settings), 5.2 * len(settings), 3.8)
+    rows = -(-len(table.groups) // 3)  # legend rows below the panels
+    fig, axes = _subplots(
+        len(settings), 5.2 * len(settings), 3.8 + 0.25 * rows, layout="constrained"
+    )
     for ax, setting in zip(axes[0], settings):
-        for group in table.groups:
+        for k, group in enumerate(table.groups):
             if not group.has_setting(setting):
                 continue
             curve = group.curve(setting)
             x = np.arange(1, len(curve) + 1)
             mean = np.array([math.nan if s is None else 100 * s.mean for s in curve])
             std = np.array([0.0 if s is None or s.std is None else 100 * s.std for s in curve])
-            (line,) = ax.plot(x, mean, marker="o", markersize=3, label=group.label)
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+            color = f"C{k % 10}"  # a group keeps its colour in every panel
+            ax.plot(x, mean, marker="o", markersize=3, label=group.label, color=color)
+            ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.15)
         ax.set_title(f"{table.title}: {TITLES[setting]}")
         ax.set_xlabel("tasks learned")
         ax.set_ylabel("average accuracy on tasks seen (%)")
         ax.set_xticks(range(1, table.groups[0].n_tasks + 1))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+    handles, labels = {}, []
+    for ax in axes[0]:  # one legend below the panels, every group once
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            if label not in handles:
+                handles[label] = h
+                labels.append(label)
+    fig.legend(
+        [handles[label] for label in labels],
+        labels,
+        loc="outside lower center",
+        ncol=min(3, len(labels)),
+        fontsize=8,
+        frameon=False,
+    )
     return _png(fig)
 
 
