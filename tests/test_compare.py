@@ -137,9 +137,9 @@ def test_a_folder_holding_another_run_is_never_touched(tmp_path, capsys):
 
 
 def test_workers_without_ray_say_how_to_get_it(tmp_path, capsys, monkeypatch):
-    import retain.sweep
+    import retain.executors
 
-    monkeypatch.setattr(retain.sweep, "ray_available", lambda: False)
+    monkeypatch.setattr(retain.executors, "ray_available", lambda: False)
     out = tmp_path / "cmp"
     argv = ["compare", *FAST, "--methods", "finetune", "--out", str(out), "--workers", "2"]
     assert main(argv) == 2

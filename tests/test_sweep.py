@@ -17,8 +17,9 @@ import pytest
 import yaml
 
 from retain.cli import main
+from retain.executors import ExecutorError
 from retain.report import build_tables, collect, markdown_table
-from retain.sweep import SweepError, expand, parse_spec
+from retain.sweep import expand, parse_spec
 
 
 def test_expand_is_benchmarks_x_methods_x_grid_x_seeds():
@@ -83,23 +84,23 @@ def test_invalid_yaml_and_missing_file(tmp_path, capsys):
 
 
 def test_without_ray_the_sweep_says_how_to_get_it(tmp_path, capsys, monkeypatch):
-    import retain.sweep
+    import retain.executors
 
-    monkeypatch.setattr(retain.sweep, "ray_available", lambda: False)
+    monkeypatch.setattr(retain.executors, "ray_available", lambda: False)
     spec = tmp_path / "s.yaml"
     spec.write_text(yaml.safe_dump({"benchmarks": ["split-digits"], "methods": ["finetune"]}))
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2  # default: Ray
     err = capsys.readouterr().err
     assert "pip install 'retain[sweep]'" in err and "--workers 1" in err
-    with pytest.raises(SweepError, match="pip install"):
+    with pytest.raises(ExecutorError, match="pip install"):
         _ray_import_fails(monkeypatch)
 
 
 def _ray_import_fails(monkeypatch):
-    """run_on_ray itself refuses with the hint when ``import ray`` fails."""
+    """The Ray executor itself refuses with the hint when ``import ray`` fails."""
     import builtins
 
-    import retain.sweep
+    from retain.executors import RayExecutor
 
     real_import = builtins.__import__
 
@@ -109,7 +110,8 @@ def _ray_import_fails(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    retain.sweep.run_on_ray([], lambda r: None)
+    with RayExecutor(workers=1):
+        pass
 
 
 def test_sequential_sweep_writes_run_folders_and_the_summary(tmp_path, capsys):

@@ -297,7 +297,7 @@ def _report(paths: list[str], out: Path, note: str) -> int:
 
 
 def _check_workers(workers: int | None, address: str | None) -> None:
-    from retain.sweep import RAY_HINT, ray_available
+    from retain.executors import RAY_HINT, ray_available
 
     if workers is not None and workers < 1:
         raise UserError(f"--workers must be at least 1, got {workers}")
@@ -367,25 +367,71 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     from retain.experiment import ConfigError, parse_set
-    from retain.sweep import SweepError, expand, load_spec
+    from retain.sweep import SweepError, check_search, expand, load_spec
     from retain.trials import Trial
 
     try:
         spec = load_spec(args.file)
-        configs = expand(spec, parse_set(args.set))
+        base = parse_set(args.set)
+        if spec.search is None:
+            configs = expand(spec, base)
+        else:
+            check_search(spec, base)
     except (ConfigError, SweepError) as e:
         raise UserError(str(e)) from None
     _check_workers(args.workers, args.address)
     out = Path(args.out or spec.out or Path("runs") / Path(args.file).stem)
     _check_out_dir(out)
+    if spec.search is not None:
+        return _search(spec, base, out, args)
     return _run_trials([Trial.under(out, c) for c in configs], out, args, title="retain sweep")
+
+
+def _search(spec, base: dict, out: Path, args: argparse.Namespace) -> int:
+    """A sweep with a ``search`` section: run its studies, print the best point of each, then
+    the table and report of every point tried."""
+    import os
+
+    from retain.executors import ExecutorError, make_executor
+    from retain.sweep import SearchError, run_search
+
+    print(
+        f"retain: search in {out} ({spec.search.sampler}, {spec.search.trials} points per "
+        f"benchmark x method, {len(spec.seeds)} seeds each)",
+        file=sys.stderr,
+        flush=True,
+    )
+    batch = args.workers or (1 if args.address else os.cpu_count() or 1)
+    try:
+        with make_executor(args.workers, args.address) as executor:
+            outcome = run_search(spec, out, executor, batch=max(1, batch), base=base)
+    except (ExecutorError, SearchError) as e:
+        raise UserError(str(e)) from None
+    code = _summarize(
+        outcome.trials, out, args, "retain sweep (search)", outcome.failed, retry=False
+    )
+    metric = spec.search.metric
+    for s in outcome.studies:
+        best = (
+            "no finished point"
+            if s.best_value is None
+            else (
+                f"best {metric} {100 * s.best_value:.2f} (mean over seeds) at "
+                + ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in s.best_params.items()
+                )
+            )
+        )
+        print(f"{s.name}: {best}; {s.finished} points done, {s.failed} failed")
+    return code
 
 
 def _run_trials(trials, out: Path, args: argparse.Namespace, title: str) -> int:
     """Run the trials, then print the table of those that finished and write OUT/report/;
     exit 1 when a trial failed."""
-    from retain.report import collect, make_report, markdown_table, write_report
-    from retain.sweep import REPORT_DIR, SweepError, run_trials
+    from retain.executors import ExecutorError, make_executor
+    from retain.sweep import run_trials
     from retain.trials import TrialConflict, trial_state
 
     for trial in trials:  # a folder holding another run stops everything before it starts
@@ -399,9 +445,21 @@ def _run_trials(trials, out: Path, args: argparse.Namespace, title: str) -> int:
         flush=True,
     )
     try:
-        outcome = run_trials(trials, out, workers=args.workers, address=args.address)
-    except SweepError as e:
+        with make_executor(args.workers, args.address) as executor:
+            outcome = run_trials(trials, out, executor)
+    except ExecutorError as e:
         raise UserError(str(e)) from None
+    return _summarize(trials, out, args, title, outcome.failed)
+
+
+def _summarize(
+    trials, out: Path, args: argparse.Namespace, title: str, failed: list, retry: bool = True
+) -> int:
+    """Print the table of the trials that finished, write OUT/report/, list the failures;
+    1 when a trial failed, else 0."""
+    from retain.report import collect, make_report, markdown_table, write_report
+    from retain.sweep import REPORT_DIR
+
     collection = collect([t.run_dir for t in trials])
     for skipped in collection.skipped:
         _warn(skipped.message())
@@ -413,14 +471,15 @@ def _run_trials(trials, out: Path, args: argparse.Namespace, title: str) -> int:
             print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
         written = write_report(report, out / REPORT_DIR)
         print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
-    for failed in outcome.failed:
-        print(f"retain: trial failed: {failed.run_dir}: {failed.error}", file=sys.stderr)
-    if outcome.failed:
-        print(
-            f"retain: {len(outcome.failed)} of {len(trials)} trials failed; run the same command "
-            "again to retry them (finished trials are skipped)",
-            file=sys.stderr,
+    for result in failed:
+        print(f"retain: trial failed: {result.run_dir}: {result.error}", file=sys.stderr)
+    if failed:
+        hint = (
+            "run the same command again to retry them (finished trials are skipped)"
+            if retry
+            else "their points count as failed in the search"
         )
+        print(f"retain: {len(failed)} trials failed; {hint}", file=sys.stderr)
         return 1
     return 0
 

@@ -11,10 +11,13 @@ A sweep file is YAML::
       finetune: {}
       ewc: {grid: {method_args.lamb: [100, 1000]}}
 
+Instead of a ``grid``, a ``search`` section samples the values (random or TPE, through Optuna;
+see :mod:`retain.search`), and a method or benchmark may add its own ``space``.
+
 Trials are named and found again by :func:`retain.trials.trial_name`, so running the same
 sweep again skips the finished trials and resumes the interrupted ones. They run one after
-another in this process (``workers=1``) or as Ray tasks (:func:`run_on_ray`: an embedded
-local Ray by default, a cluster when given its address; ``pip install 'retain[sweep]'``). A
+another in this process or as Ray tasks (:mod:`retain.executors`: an embedded local Ray by
+default, a cluster when given its address; ``pip install 'retain[sweep]'``). A
 failed trial is recorded and reported; the others go on. At the end ``trials.json`` holds
 every trial's history (what each invocation did with it), and ``report/`` the report of the
 sweep's trials (:mod:`retain.report`).
@@ -26,25 +29,31 @@ import datetime as _dt
 import inspect
 import itertools
 import json
-import os
 import sys
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retain.engine import runio
+from retain.executors import Executor
 from retain.experiment import ConfigError, RunConfig, apply, load_yaml
-from retain.trials import Trial, TrialResult, run_trial
+from retain.search import (
+    Param,
+    SearchError,
+    SearchSpec,
+    StudySummary,
+    open_study,
+    parse_search,
+    parse_space,
+    run_study,
+)
+from retain.trials import Trial, TrialResult
 
 STATUS = "trials.json"
 REPORT_DIR = "report"
-RAY_HINT = (
-    "Ray is not installed: `pip install 'retain[sweep]'` (or 'ray[default]') to run trials in "
-    "parallel or on a cluster, or use --workers 1 to run them one after another here"
-)
-SPEC_KEYS = ("out", "seeds", "set", "grid", "benchmarks", "methods")
+SEARCH_DIR = "search"
+SPEC_KEYS = ("out", "seeds", "set", "grid", "search", "benchmarks", "methods")
 
 
 class SweepError(ValueError):
@@ -59,6 +68,7 @@ class Axis:
     name: str
     set: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
+    space: dict[str, Param] = field(default_factory=dict)  # searched keys (with `search`)
 
 
 @dataclass
@@ -71,6 +81,7 @@ class SweepSpec:
     set: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list[Any]] = field(default_factory=dict)
     out: str | None = None
+    search: SearchSpec | None = None
 
 
 def parse_seeds(value: Any, where: str = "seeds") -> list[int]:
@@ -122,16 +133,17 @@ def _axes(value: Any, where: str) -> list[Axis]:
         out = []
         for name, body in value.items():
             body = _mapping(body, f"{where}.{name}")
-            unknown = set(body) - {"set", "grid"}
+            unknown = set(body) - {"set", "grid", "space"}
             if unknown:
                 raise SweepError(
-                    f"{where}.{name}: unknown key {sorted(unknown)[0]!r}; use set, grid"
+                    f"{where}.{name}: unknown key {sorted(unknown)[0]!r}; use set, grid, space"
                 )
             out.append(
                 Axis(
                     str(name),
                     _mapping(body.get("set"), f"{where}.{name}.set"),
                     _grid(body.get("grid"), f"{where}.{name}.grid"),
+                    parse_space(body.get("space"), f"{where}.{name}.space"),
                 )
             )
         return out
@@ -149,14 +161,32 @@ def parse_spec(data: dict[str, Any]) -> SweepSpec:
     out = data.get("out")
     if out is not None and not isinstance(out, str):
         raise SweepError("out must be a folder name")
-    return SweepSpec(
-        benchmarks=_axes(data["benchmarks"], "benchmarks"),
-        methods=_axes(data["methods"], "methods"),
-        seeds=parse_seeds(data.get("seeds", 1)),
-        set=_mapping(data.get("set"), "set"),
-        grid=_grid(data.get("grid"), "grid"),
-        out=out,
-    )
+    try:
+        spec = SweepSpec(
+            benchmarks=_axes(data["benchmarks"], "benchmarks"),
+            methods=_axes(data["methods"], "methods"),
+            seeds=parse_seeds(data.get("seeds", 1)),
+            set=_mapping(data.get("set"), "set"),
+            grid=_grid(data.get("grid"), "grid"),
+            out=out,
+            search=None if data.get("search") is None else parse_search(data["search"]),
+        )
+    except SearchError as e:
+        raise SweepError(str(e)) from None
+    for axes, what in ((spec.benchmarks, "benchmark"), (spec.methods, "method")):
+        names = [a.name for a in axes]
+        if len(set(names)) != len(names):
+            raise SweepError(f"a {what} is listed twice: {', '.join(names)}")
+    grids = [spec.grid] + [a.grid for a in spec.benchmarks + spec.methods]
+    spaces = [a.space for a in spec.benchmarks + spec.methods]
+    if spec.search is None and any(spaces):
+        raise SweepError("a `space` needs a `search` section (or use a `grid`)")
+    if spec.search is not None:
+        if any(grids):
+            raise SweepError("use either a grid or a search, not both")
+        if not all(search_space(spec, b, m) for b in spec.benchmarks for m in spec.methods):
+            raise SweepError("the search has no space to search (search.space or a `space`)")
+    return spec
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -211,132 +241,129 @@ def check_names(config: RunConfig) -> None:
             )
 
 
+def trial_config(
+    spec: SweepSpec,
+    bench: Axis,
+    method: Axis,
+    point: dict[str, Any],
+    seed: int,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """One trial's config: the sweep's ``set``, the benchmark's and the method's, the grid or
+    search ``point``, the seed, and ``base`` (``--set``) over everything."""
+    return make_config(
+        [
+            ("sweep set", spec.set),
+            ("benchmark", {"benchmark": bench.name, **bench.set}),
+            ("method", {"method": method.name, **method.set}),
+            ("grid" if spec.search is None else "search", point),
+            ("seed", {"seed": seed}),
+            ("--set", base or {}),
+        ]
+    )
+
+
 def expand(spec: SweepSpec, base: dict[str, Any] | None = None) -> list[RunConfig]:
-    """Every trial's config: benchmarks x methods x grid points x seeds, in that order.
-    ``base`` (e.g. from ``--set``) is applied last, over everything."""
+    """Every trial's config of a grid sweep: benchmarks x methods x grid points x seeds, in
+    that order. ``base`` (e.g. from ``--set``) is applied last, over everything."""
     configs = []
     for bench in spec.benchmarks:
         for method in spec.methods:
             grid = {**spec.grid, **bench.grid, **method.grid}
             for point in _points(grid):
                 for seed in spec.seeds:
-                    configs.append(
-                        make_config(
-                            [
-                                ("sweep set", spec.set),
-                                ("benchmark", {"benchmark": bench.name, **bench.set}),
-                                ("method", {"method": method.name, **method.set}),
-                                ("grid", point),
-                                ("seed", {"seed": seed}),
-                                ("--set", base or {}),
-                            ]
-                        )
-                    )
+                    configs.append(trial_config(spec, bench, method, point, seed, base))
     names = [json.dumps(c.to_dict(), sort_keys=True) for c in configs]
     if len(set(names)) != len(names):
         raise SweepError("the sweep describes the same trial twice (a grid value repeated?)")
     return configs
 
 
+def search_space(spec: SweepSpec, bench: Axis, method: Axis) -> dict[str, Param]:
+    assert spec.search is not None
+    return {**spec.search.space, **bench.space, **method.space}
+
+
+def _example(param: Param) -> Any:
+    if param.choices is not None:
+        return param.choices[0]
+    return int(param.low) if param.integer else param.low  # type: ignore[arg-type]
+
+
+def check_search(spec: SweepSpec, base: dict[str, Any] | None = None) -> None:
+    """Build one config per benchmark x method with example values of the space, so that a
+    bad key or value is refused before anything runs."""
+    for bench in spec.benchmarks:
+        for method in spec.methods:
+            point = {k: _example(p) for k, p in search_space(spec, bench, method).items()}
+            trial_config(spec, bench, method, point, spec.seeds[0], base)
+
+
+@dataclass
+class SearchOutcome:
+    studies: list[StudySummary]
+    trials: list[Trial]  # every trial of every point asked so far
+    failed: list[TrialResult]
+
+
+def run_search(
+    spec: SweepSpec,
+    out: Path,
+    executor: Executor,
+    batch: int,
+    base: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> SearchOutcome:
+    """Every benchmark x method study of ``spec.search`` (see :mod:`retain.search`), its points'
+    seeds run as trials under ``out`` with ``executor``, ``batch`` points at a time."""
+    assert spec.search is not None
+    say = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    summaries, failed = [], []
+    for bench in spec.benchmarks:
+        for method in spec.methods:
+            name = f"{bench.name}-{method.name}"
+            space = search_space(spec, bench, method)
+            study = open_study(out / SEARCH_DIR / f"{name}.log", name, spec.search)
+
+            def run_points(points: dict[int, dict[str, Any]], _b=bench, _m=method, _n=name):
+                trials, owner = [], {}
+                for number, point in points.items():
+                    for seed in spec.seeds:
+                        trial = Trial.under(out, trial_config(spec, _b, _m, point, seed, base))
+                        trials.append(trial)
+                        owner[trial.name] = number
+                say(f"{_n}: points {', '.join(f'#{n}' for n in points)}")
+                outcome = run_trials(trials, out, executor, log=say)
+                failed.extend(outcome.failed)
+                grouped: dict[int, list[TrialResult]] = {n: [] for n in points}
+                for r in outcome.results:
+                    grouped[owner[r.name]].append(r)
+                return grouped
+
+            summaries.append(run_study(study, space, spec.search, batch, run_points))
+    return SearchOutcome(summaries, search_trials(spec, out, base), failed)
+
+
+def search_trials(spec: SweepSpec, out: Path, base: dict[str, Any] | None = None) -> list[Trial]:
+    """The trials of every point the studies under ``out`` have asked (in study order)."""
+    assert spec.search is not None
+    trials = []
+    for bench in spec.benchmarks:
+        for method in spec.methods:
+            name = f"{bench.name}-{method.name}"
+            study = open_study(out / SEARCH_DIR / f"{name}.log", name, spec.search)
+            keys = set(search_space(spec, bench, method))
+            for t in study.get_trials(deepcopy=False):
+                if set(t.params) != keys:
+                    continue
+                for seed in spec.seeds:
+                    trials.append(
+                        Trial.under(out, trial_config(spec, bench, method, t.params, seed, base))
+                    )
+    return trials
+
+
 # ---------------------------------------------------------------------- running
-Reporter = Callable[[TrialResult], None]
-
-
-def run_sequential(trials: list[Trial], on_result: Reporter) -> None:
-    """Every trial in this process, one after another."""
-    for trial in trials:
-        on_result(run_trial(trial))
-
-
-_WATCHING = False
-
-
-def _exit_with_parent(interval: float = 0.5) -> None:
-    """In a Ray worker: exit as soon as the process that started it (the raylet) is gone, so
-    that killing a sweep (its driver and, with an embedded Ray, the raylet) also stops its
-    trials instead of leaving them to finish unseen. Runs in a daemon thread."""
-    import threading
-
-    global _WATCHING
-    if _WATCHING:  # workers are reused: one watcher each
-        return
-    _WATCHING = True
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True, name="retain-exit-with-parent").start()
-
-
-def _ray_trial(trial: Trial) -> TrialResult:
-    """What a Ray worker runs: :func:`~retain.trials.run_trial`, stopping with its raylet."""
-    _exit_with_parent()
-    return run_trial(trial)
-
-
-def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def run_on_ray(
-    trials: list[Trial],
-    on_result: Reporter,
-    workers: int | None = None,
-    address: str | None = None,
-) -> None:
-    """Every trial as a Ray task (one CPU per torch thread), results reported as they come.
-
-    Without ``address`` an embedded local Ray with ``workers`` CPUs (default: all) is started
-    and stopped here; with it, the running cluster at ``address`` is joined (the trial folders
-    must then be on a filesystem every node sees, and retain installed on every node).
-    """
-    try:
-        import ray
-    except ImportError:
-        raise SweepError(RAY_HINT) from None
-
-    own = not ray.is_initialized()
-    if own:
-        kwargs: dict[str, Any] = {
-            "include_dashboard": False,
-            "log_to_driver": False,
-            "configure_logging": False,
-        }
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=workers or os.cpu_count() or 1, **kwargs)
-    try:
-        remote = ray.remote(max_retries=0)(_ray_trial)
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        pending = {
-            remote.options(num_cpus=min(t.config.threads, cpus)).remote(t): t for t in trials
-        }
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            trial = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except Exception as e:  # the worker died (memory, signal): report, go on
-                first = (str(e).splitlines() or [""])[0]
-                result = TrialResult(
-                    trial.name, str(trial.run_dir), "?", "failed", f"{type(e).__name__}: {first}"
-                )
-            on_result(result)
-    finally:
-        if own:
-            ray.shutdown()
-
-
 class StatusLog:
     """``trials.json`` in the sweep folder: per trial, what every invocation did with it
     (action: done = skipped as finished, resume, start; status: ok or failed), rewritten
@@ -371,12 +398,11 @@ class SweepOutcome:
 def run_trials(
     trials: list[Trial],
     out: Path,
-    workers: int | None = 1,
-    address: str | None = None,
+    executor: Executor,
     log: Callable[[str], None] | None = None,
 ) -> SweepOutcome:
-    """Run (skip, resume) ``trials`` sequentially (``workers == 1`` and no ``address``) or on
-    Ray; record every result in ``out/trials.json`` and announce it through ``log``."""
+    """Run (skip, resume) ``trials`` with ``executor``; record every result in
+    ``out/trials.json`` and announce it through ``log`` (default: a line on stderr)."""
     out.mkdir(parents=True, exist_ok=True)
     status = StatusLog(out / STATUS)
     results: list[TrialResult] = []
@@ -389,10 +415,7 @@ def run_trials(
         say(f"[{len(results)}/{total}] {describe(result)}")
 
     trials = [Trial(t.config, t.run_dir.resolve()) for t in trials]  # Ray workers' cwd differs
-    if workers == 1 and not address:
-        run_sequential(trials, on_result)
-    else:
-        run_on_ray(trials, on_result, workers=workers, address=address)
+    executor.run(trials, on_result)
     order = {t.name: i for i, t in enumerate(trials)}
     results.sort(key=lambda r: order.get(r.name, total))
     return SweepOutcome(results)

@@ -152,7 +152,13 @@ def _short(key: str) -> str:
 
 
 def format_value(value: Any) -> str:
-    return value if isinstance(value, str) else _canon(value)
+    """Strings as they are, floats to 4 significant digits (searched values), the rest as
+    JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return _canon(value)
 
 
 def _label(group: Group, varying: list[str]) -> str:
