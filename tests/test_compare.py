@@ -105,6 +105,7 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path, capsys):
         (["--methods", "finetune", "--seeds", "0"], "--seeds must be at least 1"),
         (["--methods", "finetune", "--seeds", "a,b"], "--seeds must be"),
         (["--methods", "finetune,finetune"], "lists a method twice"),
+        (["--methods", "finetune", "--seeds", "2", "--set", "seed=1"], "makes trials identical"),
         (["--methods", "finetune", "--config", "/nonexistent.yaml"], "does not exist"),
     ],
 )

@@ -345,7 +345,7 @@ def _compare(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds, "--seeds")
         file_keys = load_yaml(args.config) if args.config else {}
         common_keys = parse_set(common)
-        trials = []
+        configs = []
         for method in methods:
             for seed in seeds:
                 config = make_config(
@@ -357,12 +357,17 @@ def _compare(args: argparse.Namespace) -> int:
                         (f"--set {method}:", parse_set(scoped[method])),
                     ]
                 )
-                trials.append(config)
+                configs.append(config)
     except (ConfigError, SweepError) as e:
         raise UserError(str(e)) from None
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.benchmark}"
     _check_out_dir(out)
-    return _run_trials([Trial.under(out, c) for c in trials], out, args, title="retain compare")
+    trials = [Trial.under(out, c) for c in configs]
+    if len({t.name for t in trials}) != len(trials):
+        raise UserError(
+            "--set method=... or seed=... makes trials identical; use --methods, --seeds"
+        )
+    return _run_trials(trials, out, args, title="retain compare")
 
 
 def _sweep(args: argparse.Namespace) -> int:
