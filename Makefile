@@ -17,12 +17,16 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# Debian packages the tests use: Fashion-MNIST, and Chromium to render the HTML report.
 data:
-	@if [ ! -d $(FMNIST) ]; then \
+	@missing=""; \
+	[ -d $(FMNIST) ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else \
-	    echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist' or set RETAIN_FASHION_MNIST"; \
+	    echo "missing Debian packages:$$missing (sudo apt-get install$$missing; or set RETAIN_FASHION_MNIST)"; \
 	  fi; \
 	fi
 
