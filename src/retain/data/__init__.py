@@ -1,5 +1,6 @@
 """Data: sources, scenarios, named benchmarks, the batch iterator and bring-your-own data."""
 
+from retain.data import vision_benchmarks  # noqa: F401  (registers the paper-scale benchmarks)
 from retain.data.augment import normalize, random_crop, random_hflip
 from retain.data.benchmark import Benchmark, DataError, Task, make_tasks
 from retain.data.benchmarks import (
@@ -14,8 +15,10 @@ from retain.data.custom import (
     benchmark_from_task_tensors,
     benchmark_from_tensors,
 )
+from retain.data.download import DATA_ENV, data_root
 from retain.data.idx import read_idx, write_idx
 from retain.data.iterate import iterate_batches
+from retain.data.lazy_tasks import LazyImages, lazy_split
 from retain.data.scenarios import (
     make_permutations,
     permute_pixels,
@@ -34,11 +37,24 @@ from retain.data.sources import (
     load_mnist5k,
     stratified_split,
 )
+from retain.data.vision_sources import (
+    load_cifar10,
+    load_cifar100,
+    load_imagenette,
+    load_mnist,
+    load_notmnist,
+    load_omniglot,
+    load_svhn,
+    load_tinyimagenet,
+    superclass_groups,
+)
 
 __all__ = [
     "BENCHMARKS",
+    "DATA_ENV",
     "Benchmark",
     "DataError",
+    "LazyImages",
     "RawData",
     "Task",
     "benchmark_from_datasets",
@@ -47,13 +63,23 @@ __all__ = [
     "benchmark_parameters",
     "class_subset",
     "clear_cache",
+    "data_root",
     "describe_benchmarks",
     "get_benchmark",
     "iterate_batches",
+    "lazy_split",
     "load_cifar",
+    "load_cifar10",
+    "load_cifar100",
     "load_digits",
     "load_fashion_mnist",
+    "load_imagenette",
+    "load_mnist",
     "load_mnist5k",
+    "load_notmnist",
+    "load_omniglot",
+    "load_svhn",
+    "load_tinyimagenet",
     "make_permutations",
     "make_tasks",
     "normalize",
@@ -67,5 +93,6 @@ __all__ = [
     "rotated",
     "split",
     "stratified_split",
+    "superclass_groups",
     "write_idx",
 ]
