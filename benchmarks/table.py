@@ -123,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
         for mlabel, mname, mover in parse_entries(args.methods, "method_args"):
             overrides = {"benchmark": bname, **bover, "method": mname, **mover}
             runs = []
+            row = {"benchmark": blabel, "method": mlabel, "runs": runs}
             for seed in seeds:
                 r = run_cell(args.set, overrides, seed, args.threads)
                 runs.append(r)
+                if args.json:  # after every run, so an interrupted table keeps what it measured
+                    save_json(args.json, [*rows, row])
                 print(
                     f"{blabel:>24} {mlabel:<28} seed {seed}: TAw {100 * r['taw_acc']:.2f} "
                     f"TAg {100 * r['tag_acc']:.2f} BWT(TAg) {100 * r['tag_bwt']:.2f} "
@@ -133,11 +136,19 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                     flush=True,
                 )
-            rows.append({"benchmark": blabel, "method": mlabel, "runs": runs})
+            rows.append(row)
     print(markdown(rows))
     if args.json:
-        Path(args.json).write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
+        save_json(args.json, rows)
     return 0
+
+
+def save_json(path: str, rows: list[dict]) -> None:
+    """``{"argv", "rows"}`` written atomically (a temporary file renamed over the target)."""
+    target = Path(path)
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
+    tmp.replace(target)
 
 
 if __name__ == "__main__":
