@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder to create (default runs/<benchmark>-<method>-...)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_compute_flags(run)
 
     sub.add_parser("list", help="show the available methods, benchmarks and models")
 
@@ -95,6 +96,20 @@ def _parser() -> argparse.ArgumentParser:
     swp.add_argument("--note", default="", help="a line of text shown above the table")
     _add_workers(swp, default=None)
     return p
+
+
+def _add_compute_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device", help="cpu (default), cuda, cuda:N, mps or auto (cuda when available)"
+    )
+    p.add_argument("--amp", help="mixed precision: off (default), bf16, fp16 (CUDA)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        default=None,
+        help="shrink the run to seconds (1 epoch, 4 samples per class, first 3 tasks) to check "
+        "that a config runs end to end",
+    )
 
 
 def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
@@ -158,6 +173,9 @@ def _run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "epochs": args.epochs,
         "threads": args.threads,
+        "device": args.device,
+        "amp": args.amp,
+        "smoke": args.smoke,
     }
     try:
         if args.resume:

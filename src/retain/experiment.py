@@ -38,6 +38,8 @@ class RunConfig(TrainConfig):
         seed: run seed (initialisation, batch order, dropout).
         threads: torch intra-op threads. Default 1: timings on small shared machines stay
             steady and results do not depend on the machine's core count.
+        smoke: shrink the run to seconds (:mod:`retain.smoke`): 1 epoch, a few samples per
+            class, the first tasks. For checking that a config runs, not for numbers.
     """
 
     method: str = "finetune"
@@ -49,13 +51,25 @@ class RunConfig(TrainConfig):
     head: str = "task"
     seed: int = 0
     threads: int = 1
+    smoke: bool = False
 
     def train_config(self) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(TrainConfig)}
         return TrainConfig(**{k: v for k, v in asdict(self).items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields, except those added after the first release (augment, device, amp,
+        smoke) while they hold their defaults: a config that does not use them keeps the same
+        ``config.yaml`` and the same trial folder name (:func:`retain.trials.config_hash`)."""
+        d = asdict(self)
+        for key, default in LATER_DEFAULTS.items():
+            if d.get(key) == default:
+                del d[key]
+        return d
+
+
+#: fields added later, left out of :meth:`RunConfig.to_dict` while at these defaults
+LATER_DEFAULTS: dict[str, Any] = {"augment": {}, "device": "cpu", "amp": "off", "smoke": False}
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -175,6 +189,10 @@ def resolve(
         apply(config, {k: v for k, v in flags.items() if v is not None}, "option")
     if sets:
         apply(config, parse_set(sets), "--set")
+    if config.get("smoke"):
+        from retain.smoke import overlay
+
+        config = overlay(config)
     try:
         rc = RunConfig(**config)
         rc.validate()
@@ -198,6 +216,10 @@ def build(config: RunConfig):
 
     try:
         benchmark = get_benchmark(config.benchmark, **config.benchmark_args)
+        if config.smoke:
+            from retain.smoke import shrink
+
+            benchmark = shrink(benchmark)
     except DataError as e:
         raise ConfigError(str(e)) from None
     if config.epochs != 1 and any(task.ordered for task in benchmark):

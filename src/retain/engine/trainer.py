@@ -16,6 +16,7 @@ the task-agnostic accuracy of a task from one forward pass (``Method.predict_bot
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import time
@@ -31,6 +32,7 @@ from tqdm import tqdm
 from retain.data.benchmark import Benchmark, Task
 from retain.data.iterate import iterate_batches
 from retain.engine import runio
+from retain.engine.device import autocast, move_benchmark, resolve_device, to_device
 from retain.methods.base import BenchmarkInfo, Method
 from retain.metrics import AccuracyMatrix
 
@@ -50,6 +52,12 @@ class TrainConfig:
         eval_batch_size: batch size of evaluation (no gradients).
         checkpoint_every: also checkpoint every this many epochs inside a task (0: only at
             task boundaries).
+        augment: batched training-time augmentation, e.g. ``{crop: 4, flip: true}`` (random
+            crop after zero-padding 4 pixels, horizontal flip; see
+            :func:`retain.data.augment.make_augment`); empty: none.
+        device: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (see
+            :mod:`retain.engine.device`).
+        amp: mixed precision: ``off``, ``bf16`` or ``fp16`` (CUDA only, with a gradient scaler).
     """
 
     epochs: int = 1
@@ -62,6 +70,9 @@ class TrainConfig:
     lr_gamma: float = 0.1
     eval_batch_size: int = 1000
     checkpoint_every: int = 0
+    augment: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+    amp: str = "off"
 
     def validate(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -75,6 +86,11 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
             raise ValueError("momentum, weight_decay and checkpoint_every must be >= 0")
+        from retain.data.augment import make_augment
+        from retain.engine.device import check_amp, resolve_device
+
+        make_augment(self.augment)
+        check_amp(self.amp, resolve_device(self.device))
 
 
 @dataclass
@@ -150,6 +166,12 @@ class Trainer:
         self.progress = progress
         self._checkpoint_fn = checkpoint_fn
         self._resume: dict[str, Any] | None = None
+        from retain.data.augment import make_augment
+        from retain.engine.device import grad_scaler, resolve_device
+
+        self.device = resolve_device(config.device)
+        self.augment = make_augment(config.augment)
+        self.scaler = grad_scaler(config.amp, self.device)
 
     # ------------------------------------------------------------------ optimisation
     def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
@@ -174,12 +196,27 @@ class Trainer:
         model.train()
         total = torch.zeros((), dtype=torch.float64)
         count = 0
+        device, amp, scaler = self.device, self.config.amp, self.scaler
         for batch in method.batches(task, self.config.batch_size, self.generator):
-            loss = method.loss(batch, task)
+            x = to_device(batch.x, device)
+            if self.augment is not None:
+                x = self.augment(x, self.generator)
+            if x is not batch.x:
+                batch = dataclasses.replace(
+                    batch, x=x, y=to_device(batch.y, device), task_ids=batch.task_ids.to(device)
+                )
+            with autocast(amp, device):
+                loss = method.loss(batch, task)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            method.after_backward()
-            optimizer.step()
+            if scaler is None:
+                loss.backward()
+                method.after_backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                method.after_backward()
+                scaler.step(optimizer)
+                scaler.update()
             method.after_step()
             total += loss.detach() * len(batch)
             count += len(batch)
@@ -245,7 +282,9 @@ class Trainer:
         for x, y in iterate_batches(
             (task.x_test, task.y_test), self.config.eval_batch_size, shuffle=False
         ):
-            aware, agnostic = self.method.predict_both(x, task.id, upto)
+            x, y = to_device(x, self.device), to_device(y, self.device)
+            with autocast(self.config.amp, self.device):
+                aware, agnostic = self.method.predict_both(x, task.id, upto)
             correct_aw += (aware.argmax(1) == y).sum()
             if agnostic is not None:
                 correct_ag += (agnostic.argmax(1) == y + offset).sum()
@@ -304,6 +343,9 @@ def fit(
     info = BenchmarkInfo(
         benchmark.n_tasks, benchmark.classes_per_task, tuple(benchmark.input_shape)
     )
+    device = resolve_device(config.device)
+    model.to(device)
+    move_benchmark(benchmark, device)
     method.setup(model, info)
 
     seed_everything(seed)
