@@ -102,7 +102,7 @@ def _save_images(paths_labels: list[tuple[Path, int]], n_classes: int, size, mod
 
 
 def write_tinyimagenet(
-    root: Path, n_classes: int = 10, train: int = 3, test: int = 2, seed: int = 4
+    root: Path, n_classes: int = 200, train: int = 2, test: int = 1, seed: int = 4
 ) -> None:
     rng = np.random.default_rng(seed)
     folder = root / "tiny-imagenet-200"

@@ -510,3 +510,30 @@ def five_datasets(
         _normalize(bench, _stats(normalize, o, p.x_train), tasks=[i])
     bench.info.pop("normalize", None)
     return _info(bench, "five-datasets", order=order, normalize=bool(normalize))
+
+
+@register(
+    "mnist360",
+    "Dynamos MNIST-360 (Table 1): full MNIST digits 0-8 as a boundary-free stream of overlapping"
+    " pairs with drifting rotation, one pass",
+)
+def mnist360(
+    *,
+    n_tasks: int = 1,
+    seed: int = 0,
+    root: Root = None,
+    download: bool = False,
+    rounds: int = 3,
+    n_classes: int = 9,
+    train_per_class: int | None = None,
+    test_per_class: int | None = None,
+) -> Benchmark:
+    """General continual learning on full MNIST (see :func:`retain.data.stream.rotating_pairs`,
+    and ``mnist360-5k`` for the offline MNIST-5k version)."""
+    from retain.data.stream import rotating_pairs
+
+    if n_tasks != 1:
+        raise DataError(f"mnist360 is one boundary-free stream: n_tasks must be 1, got {n_tasks}")
+    data = _subset(load_mnist(root, download), train_per_class, test_per_class)
+    bench = rotating_pairs(data, n_classes=n_classes, rounds=rounds, seed=seed, name="mnist360")
+    return _info(bench, "mnist")
