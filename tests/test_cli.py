@@ -155,3 +155,26 @@ def test_nested_set_keys_build_nested_mappings():
 
     cfg = resolve(None, None, ["method_args.base_args.lamb=5000", "method_args.base_args.x=[1, 2]"])
     assert cfg.method_args == {"base_args": {"lamb": 5000, "x": [1, 2]}}
+
+
+def test_method_refusing_the_model_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(
+        [
+            "run",
+            "--set",
+            "method=wsn",
+            "--set",
+            "benchmark=split-digits",
+            "--set",
+            "model=reduced-resnet18",
+            "--set",
+            "model_args.nf=4",
+            "--out",
+            str(out),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("retain: error: wsn:") and "BatchNorm" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not out.exists()

@@ -127,7 +127,7 @@ def execute(
     import torch
 
     from retain.data import DataError
-    from retain.engine import fit
+    from retain.engine import SetupError, fit
     from retain.experiment import ConfigError, build
     from retain.report.dynamos_analysis import write_dynamos_analysis
 
@@ -139,22 +139,32 @@ def execute(
         raise ConfigError(str(e)) from None
     if on_built is not None:
         on_built(benchmark)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    written = []
     if not resume:
         runio.write_yaml(run_dir / runio.CONFIG, config.to_dict())
         runio.write_json(
             run_dir / runio.ENVIRONMENT, runio.environment(config.seed, config.threads)
         )
-    result = fit(
-        model,
-        benchmark,
-        method,
-        config.train_config(),
-        seed=config.seed,
-        run_dir=run_dir,
-        resume=resume,
-        progress=progress,
-    )
+        written = [run_dir / runio.CONFIG, run_dir / runio.ENVIRONMENT]
+    try:
+        result = fit(
+            model,
+            benchmark,
+            method,
+            config.train_config(),
+            seed=config.seed,
+            run_dir=run_dir,
+            resume=resume,
+            progress=progress,
+        )
+    except SetupError as e:  # refused before training: leave no half-made run folder behind
+        for path in written:
+            path.unlink(missing_ok=True)
+        if created and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+        raise ConfigError(str(e)) from None
     write_dynamos_analysis(run_dir, result.metrics().get("method", {}))
     return result
 

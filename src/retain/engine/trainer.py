@@ -39,6 +39,11 @@ from retain.metrics import AccuracyMatrix
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
+class SetupError(ValueError):
+    """A method refused the model or the benchmark in ``Method.setup`` (before any training),
+    e.g. WSN given a backbone with ordinary BatchNorm."""
+
+
 @dataclass
 class TrainConfig:
     """How every task is trained. A fresh optimiser (and schedule) is made for each task.
@@ -346,7 +351,10 @@ def fit(
     device = resolve_device(config.device)
     model.to(device)
     move_benchmark(benchmark, device)
-    method.setup(model, info)
+    try:
+        method.setup(model, info)
+    except (ValueError, TypeError) as e:  # the method cannot run on this model or benchmark
+        raise SetupError(str(e)) from e
 
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
