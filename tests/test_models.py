@@ -242,7 +242,16 @@ def test_own_task_mask_and_global_labels():
 
 
 def test_registry_names_and_descriptions():
-    assert list(MODELS) == ["mlp", "alexnet", "resnet18", "reduced-resnet18"]
+    assert list(MODELS) == [
+        "mlp",
+        "alexnet",
+        "resnet18",
+        "reduced-resnet18",
+        "resnet50",
+        "lenet",
+        "lenet-large",
+        "tinynet",
+    ]
     assert set(MODEL_DESCRIPTIONS) == set(MODELS)
     described = describe_models()
     assert [name for name, _ in described] == list(MODELS)

@@ -36,6 +36,10 @@ MODEL_CAPS: dict[str, dict[str, int]] = {
     "reduced-resnet18": {"nf": 8},
     "alexnet": {"nhid": 64},
     "mlp": {"hidden": 64},
+    "resnet50": {"nf": 4},
+    "lenet": {"channels": 8, "hidden": 32},
+    "lenet-large": {"channels": 8, "hidden": 32},
+    "tinynet": {"channels": 16, "hidden": 32},
 }
 #: upper bounds of benchmark arguments, where the benchmark takes them (image size in pixels)
 BENCHMARK_CAPS: dict[str, int] = {"size": 32}
@@ -53,12 +57,11 @@ def overlay(config: dict[str, Any]) -> dict[str, Any]:
         args[key] = max(float(args.get(key, floor)), floor)
     out["method_args"] = args
     model_args = dict(out.get("model_args") or {})
-    for key, cap in MODEL_CAPS.get(out.get("model", "mlp"), {}).items():
-        value = model_args.get(key, cap)
+    model = out.get("model", "mlp")
+    for key, cap in MODEL_CAPS.get(model, {}).items():
+        value = model_args.get(key, _default_option(model, key, cap))
         if isinstance(value, (list, tuple)):
             model_args[key] = [min(int(v), cap) for v in value]
-        elif key == "hidden":
-            model_args[key] = [cap, cap]
         else:
             model_args[key] = min(int(value), cap)
     out["model_args"] = model_args
@@ -72,6 +75,21 @@ def overlay(config: dict[str, Any]) -> dict[str, Any]:
                 bargs[key] = min(int(bargs.get(key, accepted[key])), cap)
         out["benchmark_args"] = bargs
     return out
+
+
+def _default_option(model: str, key: str, fallback: Any) -> Any:
+    """The default of option ``key`` of backbone ``model`` (``fallback`` if it has none), so a
+    cap on a per-layer option (e.g. LeNet's ``channels=(20, 50)``) keeps its length."""
+    import inspect
+
+    from retain.models.registry import MODELS
+
+    if model not in MODELS:
+        return fallback
+    param = inspect.signature(MODELS[model]).parameters.get(key)
+    if param is None or param.default is inspect.Parameter.empty:
+        return fallback
+    return param.default
 
 
 def _first_per_class(y: torch.Tensor, k: int) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from retain.models.alexnet import AlexNet
 from retain.models.continual import ContinualModel
 from retain.models.layers import BATCH_NORM_KINDS
+from retain.models.lenet import LargeLeNet, LeNet
 from retain.models.mlp import MLP
 from retain.models.registry import (
     MODEL_DESCRIPTIONS,
@@ -12,7 +13,15 @@ from retain.models.registry import (
     describe_models,
     model_options,
 )
-from retain.models.resnet import BasicBlock, ReducedResNet18, ResNet, ResNet18
+from retain.models.resnet import (
+    BasicBlock,
+    Bottleneck,
+    ReducedResNet18,
+    ResNet,
+    ResNet18,
+    ResNet50,
+)
+from retain.models.tinynet import TinyNet
 
 __all__ = [
     "BATCH_NORM_KINDS",
@@ -21,10 +30,15 @@ __all__ = [
     "MODEL_DESCRIPTIONS",
     "AlexNet",
     "BasicBlock",
+    "Bottleneck",
     "ContinualModel",
+    "LargeLeNet",
+    "LeNet",
     "ReducedResNet18",
     "ResNet",
     "ResNet18",
+    "ResNet50",
+    "TinyNet",
     "build_backbone",
     "build_model",
     "describe_models",

@@ -15,8 +15,10 @@ from torch import nn
 
 from retain.models.alexnet import AlexNet
 from retain.models.continual import ContinualModel
+from retain.models.lenet import LargeLeNet, LeNet
 from retain.models.mlp import MLP
-from retain.models.resnet import ReducedResNet18, ResNet18
+from retain.models.resnet import ReducedResNet18, ResNet18, ResNet50
+from retain.models.tinynet import TinyNet
 
 BackboneBuilder = Callable[..., nn.Module]
 """Called as ``builder(input_shape, **options)``; returns a module with ``out_features``."""
@@ -26,6 +28,10 @@ MODELS: dict[str, BackboneBuilder] = {
     "alexnet": AlexNet,
     "resnet18": ResNet18,
     "reduced-resnet18": ReducedResNet18,
+    "resnet50": ResNet50,
+    "lenet": LeNet,
+    "lenet-large": LargeLeNet,
+    "tinynet": TinyNet,
 }
 
 MODEL_DESCRIPTIONS: dict[str, str] = {
@@ -33,6 +39,10 @@ MODEL_DESCRIPTIONS: dict[str, str] = {
     "alexnet": "HAT/SPG AlexNet-like net: 3 convs (64/128/256) + 2 x 2048 fc; optional WSN BN",
     "resnet18": "CIFAR ResNet-18 (3x3 stem, no max-pool), width nf=64 (nf=20: GPM/WSN reduced)",
     "reduced-resnet18": "Dynamos backbone: first two ResNet-18 stages at nf=32 (32/64 channels)",
+    "resnet50": "CIFAR ResNet-50 (3x3 stem, no max-pool; Eidetic), optional conv on every skip",
+    "lenet": "GPM/WSN LeNet-5: convs 20/50 (5x5), fc 800-500, no biases (CIFAR-100 Superclass)",
+    "lenet-large": "WSN large LeNet: convs 64/128 (5x5), fc 2500-1500, no biases (Omniglot)",
+    "tinynet": "WSN TinyNet: 4 stride-2 3x3 convs of 160 + fc 640-640, no biases (TinyImageNet)",
 }
 
 

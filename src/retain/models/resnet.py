@@ -1,6 +1,7 @@
-"""Residual backbones for small images (28-32 px): the CIFAR ResNet-18 and the Dynamos reduced one.
+"""Residual backbones for small images (28-32 px): the CIFAR ResNet-18, the Dynamos reduced one
+and the CIFAR ResNet-50 of Eidetic Learning.
 
-Both are built from the same ``BasicBlock`` (He et al., CVPR 2016) and the same stem: a 3x3 conv
+All share the same stem: a 3x3 conv
 with stride 1 and no max-pool, the usual CIFAR adaptation, so a 32x32 input reaches the last
 stage at 4x4. Features are the global average pool of the last stage.
 
@@ -10,6 +11,11 @@ stage at 4x4. Features are the global average pool of the last stage.
   on 5-Datasets.
 * ``ReducedResNet18``: the Dynamos backbone (Varma et al., VISAPP 2023, Sec. 5 and Table 4):
   the first two stages only, ``nf=32``, i.e. 32 and 64 channels.
+* ``ResNet50``: 3/4/6/3 ``Bottleneck`` blocks (He et al., CVPR 2016, Table 1) of inner widths
+  ``nf, 2nf, 4nf, 8nf``: the ResNet-50 of Eidetic Learning (Dronen & Balestriero 2025, Table 4,
+  Sequential CIFAR-100), optionally with its 1x1 conv on every skip connection.
+
+``ResNet18`` and ``ReducedResNet18`` are built from ``BasicBlock`` (He et al., CVPR 2016).
 """
 
 from __future__ import annotations
@@ -205,3 +211,126 @@ class ReducedResNet18(ResNet):
             init=init,
         )
         self.nf = nf
+
+
+class Bottleneck(nn.Module):
+    """1x1 -> 3x3 (stride) -> 1x1 convs with BN and a residual (He et al., CVPR 2016, Table 1).
+
+    ``out = relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x)))))))) + shortcut(x))`` with
+    ``4 * channels`` output channels. The shortcut is a 1x1 conv (stride ``stride``) + BN when the
+    shape changes or ``skip_conv`` is set (Eidetic Learning's ResNets, Dronen & Balestriero 2025,
+    Sec. 6.1: ``f(x) + g(x)`` with a conv ``g`` on every skip), else the identity.
+
+    Args:
+        in_channels: channels of the input.
+        channels: channels of the two inner convs (the output has ``4 * channels``).
+        stride: stride of ``conv2`` and of the shortcut conv.
+        batch_norm: ``"affine"`` or ``"stats_free"``.
+        skip_conv: a 1x1 conv + BN shortcut even where the identity would do.
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        stride: int = 1,
+        batch_norm: str = "affine",
+        skip_conv: bool = False,
+    ) -> None:
+        super().__init__()
+        out = channels * self.expansion
+        self.conv1 = nn.Conv2d(in_channels, channels, 1, bias=False)
+        self.bn1 = make_batch_norm(batch_norm, channels, 2)
+        self.conv2 = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = make_batch_norm(batch_norm, channels, 2)
+        self.conv3 = nn.Conv2d(channels, out, 1, bias=False)
+        self.bn3 = make_batch_norm(batch_norm, out, 2)
+        self.shortcut: nn.Module
+        if skip_conv or stride != 1 or in_channels != out:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out, 1, stride=stride, bias=False),
+                make_batch_norm(batch_norm, out, 2),
+            )
+        else:
+            self.shortcut = nn.Identity()
+
+    @property
+    def has_projection(self) -> bool:
+        """Whether the shortcut is a 1x1 conv + BN (rather than the identity)."""
+        return not isinstance(self.shortcut, nn.Identity)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.bn1(self.conv1(x)).relu()
+        out = self.bn2(self.conv2(out)).relu()
+        out = self.bn3(self.conv3(out))
+        return (out + self.shortcut(x)).relu()
+
+
+class ResNet50(nn.Module):
+    """ResNet-50 for small images, as Eidetic Learning uses it on Sequential CIFAR-100
+    (Dronen & Balestriero 2025, Table 4 and Sec. 6.1): the first conv is 3x3 (stride 1) instead
+    of 7x7 and the first max-pool is removed.
+
+    Stem 3x3 conv ``nf`` + BN + ReLU; stages of 3/4/6/3 :class:`Bottleneck` blocks with inner
+    widths ``nf, 2nf, 4nf, 8nf`` (outputs 4x that), strides 1/2/2/2; global average pool.
+    ``out_features = 32 * nf`` (2048). With ``nf=64`` the body has 23,500,352 parameters
+    (torchvision's ResNet-50 less its fc and with the 3x3 stem).
+
+    Args:
+        input_shape: ``(C, H, W)``; any size works (the pool is adaptive).
+        nf: width of the stem and of the first stage's inner convs (64 standard).
+        batch_norm: ``"affine"`` (default) or ``"stats_free"``.
+        skip_conv: a 1x1 conv + BN on every skip connection (Eidetic's ResNets), not only where
+            the shape changes.
+        init: ``"kaiming"`` (Kaiming-normal fan_out convs, BN gamma 1 and beta 0) or
+            ``"default"`` (PyTorch's).
+
+    Attributes:
+        out_features: ``32 * nf``.
+        conv1, bn1: the stem; layer1 ... layer4: the stages (also ``stages``).
+    """
+
+    blocks = (3, 4, 6, 3)
+
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        nf: int = 64,
+        batch_norm: str = "affine",
+        skip_conv: bool = False,
+        init: str = "kaiming",
+    ) -> None:
+        super().__init__()
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+        channels, _, _ = image_shape(input_shape, type(self).__name__)
+        self.input_shape = tuple(int(d) for d in input_shape)
+        self.nf = nf
+        self.conv1 = nn.Conv2d(channels, nf, 3, stride=1, padding=1, bias=False)
+        self.bn1 = make_batch_norm(batch_norm, nf, 2)
+        in_ch = nf
+        for i, (n_blocks, stride) in enumerate(zip(self.blocks, (1, 2, 2, 2)), start=1):
+            width = nf * 2 ** (i - 1)
+            layers = []
+            for b in range(n_blocks):
+                layers.append(
+                    Bottleneck(in_ch, width, stride if b == 0 else 1, batch_norm, skip_conv)
+                )
+                in_ch = width * Bottleneck.expansion
+            self.add_module(f"layer{i}", nn.Sequential(*layers))
+        self.out_features: int = in_ch
+        if init == "kaiming":
+            ResNet.reset_parameters(self)  # type: ignore[arg-type]
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        """The stages ``layer1`` ... ``layer4`` in order."""
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn1(self.conv1(x)).relu()
+        for stage in self.stages:
+            h = stage(h)
+        return h.mean(dim=(2, 3))
