@@ -171,3 +171,31 @@ def test_shuffled_split_is_the_scenario_split():
     ref = split(load_cifar10(), 5, shuffle_classes=True, seed=3)
     assert [t.classes for t in bench] == [t.classes for t in ref]
     assert np.allclose(bench[0].x_train.numpy(), ref[0].x_train.numpy())
+
+
+def test_clear_cache_also_forgets_the_paper_scale_loaders(root, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    from retain.data import vision_sources as vs
+
+    copy = tmp_path / "data"
+    shutil.copytree(root / "MNIST", copy / "MNIST")
+    monkeypatch.setenv("RETAIN_DATA", str(copy))
+    clear_cache()
+    load_mnist(), load_cifar100(root), load_svhn(root)
+    caches = (vs._mnist_cached, vs._cifar100_cached, vs._svhn_cached)
+    assert all(c.cache_info().currsize >= 1 for c in caches)
+    # rewrite the last training pixel with the same size and mtime: the cache key is unchanged,
+    # so only clearing the cache shows the new contents
+    images = copy / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    stat = images.stat()
+    raw = bytearray(images.read_bytes())
+    before = load_mnist().x_train[-1, 0, -1, -1].item()
+    raw[-1] = (before + 1) % 256
+    images.write_bytes(bytes(raw))
+    os.utime(images, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert load_mnist().x_train[-1, 0, -1, -1].item() == before  # stale, from the cache
+    clear_cache()
+    assert all(c.cache_info().currsize == 0 for c in caches)
+    assert load_mnist().x_train[-1, 0, -1, -1].item() == (before + 1) % 256

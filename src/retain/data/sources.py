@@ -53,11 +53,15 @@ class RawData(NamedTuple):
 
 
 def clear_cache() -> None:
-    """Forget every file parsed so far (the next load reads from disk again)."""
+    """Forget every file parsed so far, here and by the paper-scale loaders of
+    :mod:`retain.data.vision_sources` (the next load reads from disk again)."""
+    from retain.data import vision_sources  # imports this module: import here, not at the top
+
     _mnist5k_raw.cache_clear()
     _digits_raw.cache_clear()
     _fashion_cached.cache_clear()
     _cifar_cached.cache_clear()
+    vision_sources.clear_cache()
 
 
 # --------------------------------------------------------------------------- splitting

@@ -132,6 +132,14 @@ def _mnist_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
     return RawData(*out)
 
 
+def clear_cache() -> None:
+    """Forget the MNIST, CIFAR-100 and SVHN files parsed so far (the per-process caches keyed by
+    path, size and mtime); :func:`retain.data.sources.clear_cache` calls this too."""
+    _mnist_cached.cache_clear()
+    _cifar100_cached.cache_clear()
+    _svhn_cached.cache_clear()
+
+
 # --------------------------------------------------------------------------- CIFAR (pickles)
 
 _CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
