@@ -11,10 +11,7 @@ import json
 import statistics
 import sys
 
-
-def mean_std(values: list[float]) -> str:
-    v = [x * 100 for x in values]
-    return f"{statistics.fmean(v):.1f} ± {statistics.stdev(v):.1f}"
+from results_table import mean_std  # benchmarks/ is on sys.path when run as a script
 
 
 def main(paths: list[str]) -> int:

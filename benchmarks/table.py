@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from retain.engine import fit
+from retain.engine import fit, runio
 from retain.experiment import FIELDS, build, parse_set, resolve
 
 
@@ -144,11 +144,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def save_json(path: str, rows: list[dict]) -> None:
-    """``{"argv", "rows"}`` written atomically (a temporary file renamed over the target)."""
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
-    tmp.replace(target)
+    """``{"argv", "rows"}``, written atomically."""
+    runio.atomic_write_text(Path(path), json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

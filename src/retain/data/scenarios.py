@@ -276,9 +276,8 @@ def rotate_images(x: Tensor, degrees: float | Tensor, chunk: int = 8192) -> Tens
     per_image = isinstance(degrees, Tensor)
     if per_image and degrees.shape != (n,):
         raise DataError(f"rotate_images got {tuple(degrees.shape)} angles for {n} images")
-    rad = torch.deg2rad(degrees.to(torch.float64)) if per_image else torch.tensor([degrees])
-    if not per_image:
-        rad = torch.deg2rad(rad.to(torch.float64))
+    angles = degrees if per_image else torch.tensor([float(degrees)])
+    rad = torch.deg2rad(angles.to(torch.float64))
     cos, sin = torch.cos(rad), torch.sin(rad)
     # affine_grid works in coordinates normalised to [-1, 1] per axis; rescale so the rotation
     # is a true rotation in pixel space for non-square images too. Output pixel (u, v) samples
