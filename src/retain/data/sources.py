@@ -257,6 +257,8 @@ def class_subset(
     Raises:
         DataError: a count below 1, or above what a class has.
     """
+    if train_per_class is None and test_per_class is None:
+        return data
     rng = np.random.default_rng(seed)
     parts = [data.x_train, data.y_train, data.x_test, data.y_test]
     for i, (split, n) in enumerate((("train", train_per_class), ("test", test_per_class))):

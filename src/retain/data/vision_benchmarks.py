@@ -60,8 +60,6 @@ Normalize = bool | dict[str, Any]
 
 
 def _subset(data: RawData, train_per_class: int | None, test_per_class: int | None) -> RawData:
-    if train_per_class is None and test_per_class is None:
-        return data
     return class_subset(data, train_per_class, test_per_class, seed=0)
 
 
