@@ -7,7 +7,7 @@ from retain.core.structured import FREE, trace
 from retain.data import Benchmark, make_tasks
 from retain.engine import fit
 from retain.methods import make_method
-from retain.models import ContinualModel, ReducedResNet18
+from retain.models import ContinualModel, ReducedResNet18, ResNet18
 
 
 def image_blobs(n_tasks=3, per_class=32, seed=0, shape=(3, 8, 8)):
@@ -46,6 +46,38 @@ def test_trace_ties_residual_groups():
     norms = {n.name: n.group for n in graph.norms}
     assert norms["layer2.0.shortcut.1"] == "layer2.0.conv2"
     assert norms["layer1.1.bn2"] == "conv1"
+
+
+def test_trace_imagenet_stem_and_skip_convs_untie_block_groups():
+    """Eidetic's ResNet-18 (7x7 stem, max-pool, a conv on every skip): the max-pool passes the
+    stem's channels through, and no block output is tied to its input any more."""
+    graph = trace(ResNet18((3, 16, 16), nf=4, stem="imagenet", skip_conv=True))
+    groups = {g: graph.members(g) for g in graph.groups}
+    assert groups["conv1"] == ["conv1"]
+    assert groups["layer1.0.conv2"] == ["layer1.0.conv2", "layer1.0.shortcut.0"]
+    assert next(s for s in graph.layers if s.name == "layer1.0.shortcut.0").inputs == "conv1"
+    assert graph.features == "layer4.1.conv2"
+
+
+def test_eidetic_on_the_imagenet_stem_resnet18_does_not_forget():
+    bench = image_blobs(n_tasks=2, shape=(3, 16, 16))
+    torch.manual_seed(0)
+    backbone = ResNet18(bench.input_shape, nf=8, stem="imagenet", skip_conv=True)
+    model = ContinualModel(backbone, bench.classes_per_task)
+    method = make_method(
+        "eidetic", pruning="l2", step=0.2, tolerance=0.2, patience=1, max_recovery_epochs=1
+    )
+    outputs = []
+
+    def record(_i, _result):
+        outputs.append(method.predict(bench[0].x_test, task_id=0).clone())
+
+    fit(
+        model, bench, method, epochs=4, batch_size=32, optimizer="adam", lr=0.01, on_task_end=record
+    )
+    assert method.history[0]["iterations"] > 0
+    assert torch.equal(outputs[0], outputs[1])
+    assert method.masks.check_resistance() == []
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from retain.models import (
     ContinualModel,
     LargeLeNet,
     LeNet,
+    ResNet18,
     ResNet50,
     TinyNet,
     build_backbone,
@@ -89,6 +90,31 @@ def test_resnet50_bottleneck_stages_and_eidetic_skip_convs():
     assert n_params(skip) - n_params(net) == extra
     block = Bottleneck(8, 2)  # 8 == 4 * 2 channels: identity unless asked
     assert not block.has_projection and Bottleneck(8, 2, skip_conv=True).has_projection
+
+
+def test_resnet18_imagenet_stem_and_skip_convs():
+    net = ResNet18((3, 224, 224), stem="imagenet")
+    # torchvision resnet18 (11,689,512) less its fc (512 * 1000 + 1000)
+    assert n_params(net) == 11_176_512
+    assert net.conv1.kernel_size == (7, 7) and net.conv1.stride == (2, 2)
+    assert isinstance(net.pool, nn.MaxPool2d) and isinstance(
+        ResNet18((3, 32, 32)).pool, nn.Identity
+    )
+    sizes = {}
+    for name in ("layer1", "layer4"):
+        getattr(net, name).register_forward_hook(
+            lambda _m, _i, out, name=name: sizes.__setitem__(name, out.shape[-1])
+        )
+    with torch.no_grad():
+        net.eval()(torch.randn(1, 3, 224, 224))
+    assert sizes == {"layer1": 56, "layer4": 7}  # 224 -> 112 (conv) -> 56 (pool) ... -> 7
+    skip = ResNet18((3, 224, 224), stem="imagenet", skip_conv=True)
+    assert all(b.has_projection for s in skip.stages for b in s)
+    # one 1x1 conv + BN on each of the 5 identity skips: 2 x 64, 128, 256, 512 channels
+    extra = sum(k * (c * c + 2 * c) for k, c in [(2, 64), (1, 128), (1, 256), (1, 512)])
+    assert n_params(skip) - n_params(net) == extra
+    with pytest.raises(ValueError, match="unknown stem"):
+        ResNet18((3, 32, 32), stem="vit")
 
 
 def test_eidetic_traces_resnet50_skip_convs_into_merged_groups():

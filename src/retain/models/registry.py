@@ -37,9 +37,9 @@ MODELS: dict[str, BackboneBuilder] = {
 MODEL_DESCRIPTIONS: dict[str, str] = {
     "mlp": "fully connected ReLU net on the flattened input (default 400-400)",
     "alexnet": "HAT/SPG AlexNet-like net: 3 convs (64/128/256) + 2 x 2048 fc; optional WSN BN",
-    "resnet18": "CIFAR ResNet-18 (3x3 stem, no max-pool), width nf=64 (nf=20: GPM/WSN reduced)",
+    "resnet18": "ResNet-18: CIFAR 3x3 stem (stem=imagenet: 7x7, max-pool), nf=64, skip_conv",
     "reduced-resnet18": "Dynamos backbone: first two ResNet-18 stages at nf=32 (32/64 channels)",
-    "resnet50": "CIFAR ResNet-50 (3x3 stem, no max-pool; Eidetic), optional conv on every skip",
+    "resnet50": "ResNet-50: CIFAR 3x3 stem as Eidetic (stem=imagenet option), skip_conv",
     "lenet": "GPM/WSN LeNet-5: convs 20/50 (5x5), fc 800-500, no biases (CIFAR-100 Superclass)",
     "lenet-large": "WSN large LeNet: convs 64/128 (5x5), fc 2500-1500, no biases (Omniglot)",
     "tinynet": "WSN TinyNet: 4 stride-2 3x3 convs of 160 + fc 640-640, no biases (TinyImageNet)",

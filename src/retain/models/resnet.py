@@ -1,9 +1,15 @@
-"""Residual backbones for small images (28-32 px): the CIFAR ResNet-18, the Dynamos reduced one
-and the CIFAR ResNet-50 of Eidetic Learning.
+"""Residual backbones: the CIFAR ResNet-18, the Dynamos reduced one and the ResNet-50 of
+Eidetic Learning, with the ImageNet stem as an option.
 
-All share the same stem: a 3x3 conv
-with stride 1 and no max-pool, the usual CIFAR adaptation, so a 32x32 input reaches the last
-stage at 4x4. Features are the global average pool of the last stage.
+Two stems (``stem=``):
+
+* ``"cifar"`` (default): a 3x3 conv with stride 1 and no max-pool, the usual adaptation to
+  small images, so a 32x32 input reaches the last stage at 4x4;
+* ``"imagenet"``: He et al.'s 7x7 conv with stride 2 and a 3x3 max-pool with stride 2, so a
+  224x224 input reaches the first stage at 56x56 and the last at 7x7 (Eidetic Learning's
+  ResNet-18 on Imagenette).
+
+Features are the global average pool of the last stage.
 
 * ``ResNet18``: four stages of two blocks, ``nf, 2nf, 4nf, 8nf`` channels, strides 1/2/2/2.
   ``nf=64`` is the standard CIFAR ResNet-18 (used by ScrollNet, Yang et al., ICCV-W 2023, through
@@ -28,13 +34,29 @@ from retain.models.layers import batch_norm as make_batch_norm
 from retain.models.layers import image_shape
 
 INITS = ("kaiming", "default")
+STEMS = ("cifar", "imagenet")
+
+
+def make_stem(
+    channels: int, width: int, stem: str, batch_norm: str
+) -> tuple[nn.Conv2d, nn.Module, nn.Module]:
+    """``(conv1, bn1, pool)`` of a ResNet: the CIFAR stem (3x3 conv, stride 1, no pool) or the
+    ImageNet one (7x7 conv, stride 2, padding 3; 3x3 max-pool, stride 2, padding 1)."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+    if stem == "cifar":
+        conv = nn.Conv2d(channels, width, 3, stride=1, padding=1, bias=False)
+        return conv, make_batch_norm(batch_norm, width, 2), nn.Identity()
+    conv = nn.Conv2d(channels, width, 7, stride=2, padding=3, bias=False)
+    return conv, make_batch_norm(batch_norm, width, 2), nn.MaxPool2d(3, stride=2, padding=1)
 
 
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BN and a residual connection (He et al., CVPR 2016).
 
     ``out = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``. The shortcut is a 1x1 conv
-    (stride ``stride``) + BN when the shape changes, else the identity.
+    (stride ``stride``) + BN when the shape changes or ``skip_conv`` is set (Eidetic Learning's
+    ``f(x) + g(x)``, Dronen & Balestriero 2025, Sec. 6.1), else the identity.
 
     The parts are plain attributes so a method can re-wire the forward without touching the
     parameters, e.g. Dynamos multiplies a per-channel gate after ``bn1`` and after ``bn2``
@@ -45,10 +67,16 @@ class BasicBlock(nn.Module):
         channels: channels of both convs and of the output.
         stride: stride of ``conv1`` and of the shortcut conv.
         batch_norm: ``"affine"`` or ``"stats_free"`` (see ``retain.models.layers``).
+        skip_conv: a 1x1 conv + BN shortcut even where the identity would do.
     """
 
     def __init__(
-        self, in_channels: int, channels: int, stride: int = 1, batch_norm: str = "affine"
+        self,
+        in_channels: int,
+        channels: int,
+        stride: int = 1,
+        batch_norm: str = "affine",
+        skip_conv: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1, bias=False)
@@ -56,7 +84,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, stride=1, padding=1, bias=False)
         self.bn2 = make_batch_norm(batch_norm, channels, 2)
         self.shortcut: nn.Module
-        if stride != 1 or in_channels != channels:
+        if skip_conv or stride != 1 or in_channels != channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, channels, 1, stride=stride, bias=False),
                 make_batch_norm(batch_norm, channels, 2),
@@ -76,11 +104,11 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """Stem (3x3 conv, BN, ReLU) + stages of ``BasicBlock`` + global average pool.
+    """Stem (conv, BN, ReLU, optional max-pool) + stages of ``BasicBlock`` + global average pool.
 
     Stage ``i`` has ``blocks_per_stage`` blocks of ``widths[i]`` channels; its first block has
     stride ``strides[i]``. Stages are the attributes ``layer1``, ``layer2``, ... (also listed by
-    ``stages``); the stem is ``conv1`` + ``bn1``.
+    ``stages``); the stem is ``conv1`` + ``bn1`` + ``pool`` (``nn.Identity`` for the CIFAR stem).
 
     Args:
         input_shape: ``(C, H, W)``; any size works (the pool is adaptive).
@@ -89,6 +117,8 @@ class ResNet(nn.Module):
         blocks_per_stage: blocks in every stage.
         stem_width: channels of the stem conv (default ``widths[0]``).
         batch_norm: ``"affine"`` (default) or ``"stats_free"`` (WSN-style BN).
+        stem: ``"cifar"`` (3x3, stride 1, no pool) or ``"imagenet"`` (7x7, stride 2, max-pool).
+        skip_conv: a 1x1 conv + BN on every skip connection (Eidetic's ResNets).
         init: ``"kaiming"``: Kaiming-normal (fan_out, ReLU) conv weights and BN gamma 1, beta 0;
             ``"default"``: PyTorch's default initialisation.
 
@@ -105,6 +135,8 @@ class ResNet(nn.Module):
         stem_width: int | None = None,
         batch_norm: str = "affine",
         init: str = "kaiming",
+        stem: str = "cifar",
+        skip_conv: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) != len(strides) or not widths:
@@ -113,15 +145,14 @@ class ResNet(nn.Module):
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
         channels, _, _ = image_shape(input_shape, type(self).__name__)
         self.input_shape = tuple(int(d) for d in input_shape)
-        stem = widths[0] if stem_width is None else stem_width
-        self.conv1 = nn.Conv2d(channels, stem, 3, stride=1, padding=1, bias=False)
-        self.bn1 = make_batch_norm(batch_norm, stem, 2)
-        in_ch = stem
+        in_ch = widths[0] if stem_width is None else stem_width
+        self.conv1, self.bn1, self.pool = make_stem(channels, in_ch, stem, batch_norm)
         self.n_stages = len(widths)
         for i, (width, stride) in enumerate(zip(widths, strides), start=1):
             blocks = []
             for b in range(blocks_per_stage):
-                blocks.append(BasicBlock(in_ch, width, stride if b == 0 else 1, batch_norm))
+                s = stride if b == 0 else 1
+                blocks.append(BasicBlock(in_ch, width, s, batch_norm, skip_conv))
                 in_ch = width
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
         self.out_features: int = in_ch
@@ -143,23 +174,29 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.bn1(self.conv1(x)).relu()
+        h = self.pool(self.bn1(self.conv1(x)).relu())
         for stage in self.stages:
             h = stage(h)
         return h.mean(dim=(2, 3))
 
 
 class ResNet18(ResNet):
-    """CIFAR ResNet-18 (He et al., CVPR 2016; the 3x3-stem variant used by ScrollNet/FACIL).
+    """ResNet-18 (He et al., CVPR 2016), by default the CIFAR variant used by ScrollNet/FACIL.
 
-    Stem 3x3 conv ``nf`` (stride 1, no max-pool), stages of ``nf, 2nf, 4nf, 8nf`` channels with
-    two ``BasicBlock`` each and strides 1/2/2/2, 1x1 conv + BN shortcuts where the shape changes,
-    global average pool. ``out_features = 8 * nf``. 1x28x28 inputs work as well.
+    Stem 3x3 conv ``nf`` (stride 1, no max-pool; ``stem="imagenet"``: 7x7 stride 2 and max-pool),
+    stages of ``nf, 2nf, 4nf, 8nf`` channels with two ``BasicBlock`` each and strides 1/2/2/2,
+    1x1 conv + BN shortcuts where the shape changes (``skip_conv``: on every block), global
+    average pool. ``out_features = 8 * nf``. 1x28x28 inputs work as well. With
+    ``stem="imagenet"`` and 3 input channels the body is torchvision's ``resnet18`` less its fc
+    (11,176,512 parameters); ``skip_conv=True`` on top of it is Eidetic Learning's ResNet-18
+    (Dronen & Balestriero 2025, Sec. 6.1, Imagenette).
 
     Args:
         input_shape: ``(C, H, W)``.
         nf: width of the first stage (64 standard; 20 for the GPM/WSN reduced ResNet-18).
         batch_norm: ``"affine"`` (default) or ``"stats_free"`` (WSN/GPM style).
+        stem: ``"cifar"`` (default) or ``"imagenet"``.
+        skip_conv: a 1x1 conv + BN on every skip connection.
         init: ``"kaiming"`` (default, as ScrollNet) or ``"default"`` (PyTorch's).
     """
 
@@ -169,12 +206,16 @@ class ResNet18(ResNet):
         nf: int = 64,
         batch_norm: str = "affine",
         init: str = "kaiming",
+        stem: str = "cifar",
+        skip_conv: bool = False,
     ) -> None:
         super().__init__(
             input_shape,
             widths=(nf, 2 * nf, 4 * nf, 8 * nf),
             strides=(1, 2, 2, 2),
             batch_norm=batch_norm,
+            stem=stem,
+            skip_conv=skip_conv,
             init=init,
         )
         self.nf = nf
@@ -271,7 +312,7 @@ class Bottleneck(nn.Module):
 class ResNet50(nn.Module):
     """ResNet-50 for small images, as Eidetic Learning uses it on Sequential CIFAR-100
     (Dronen & Balestriero 2025, Table 4 and Sec. 6.1): the first conv is 3x3 (stride 1) instead
-    of 7x7 and the first max-pool is removed.
+    of 7x7 and the first max-pool is removed (``stem="imagenet"`` restores both).
 
     Stem 3x3 conv ``nf`` + BN + ReLU; stages of 3/4/6/3 :class:`Bottleneck` blocks with inner
     widths ``nf, 2nf, 4nf, 8nf`` (outputs 4x that), strides 1/2/2/2; global average pool.
@@ -282,6 +323,7 @@ class ResNet50(nn.Module):
         input_shape: ``(C, H, W)``; any size works (the pool is adaptive).
         nf: width of the stem and of the first stage's inner convs (64 standard).
         batch_norm: ``"affine"`` (default) or ``"stats_free"``.
+        stem: ``"cifar"`` (default, as the paper) or ``"imagenet"``.
         skip_conv: a 1x1 conv + BN on every skip connection (Eidetic's ResNets), not only where
             the shape changes.
         init: ``"kaiming"`` (Kaiming-normal fan_out convs, BN gamma 1 and beta 0) or
@@ -289,7 +331,7 @@ class ResNet50(nn.Module):
 
     Attributes:
         out_features: ``32 * nf``.
-        conv1, bn1: the stem; layer1 ... layer4: the stages (also ``stages``).
+        conv1, bn1, pool: the stem; layer1 ... layer4: the stages (also ``stages``).
     """
 
     blocks = (3, 4, 6, 3)
@@ -301,6 +343,7 @@ class ResNet50(nn.Module):
         batch_norm: str = "affine",
         skip_conv: bool = False,
         init: str = "kaiming",
+        stem: str = "cifar",
     ) -> None:
         super().__init__()
         if init not in INITS:
@@ -308,8 +351,7 @@ class ResNet50(nn.Module):
         channels, _, _ = image_shape(input_shape, type(self).__name__)
         self.input_shape = tuple(int(d) for d in input_shape)
         self.nf = nf
-        self.conv1 = nn.Conv2d(channels, nf, 3, stride=1, padding=1, bias=False)
-        self.bn1 = make_batch_norm(batch_norm, nf, 2)
+        self.conv1, self.bn1, self.pool = make_stem(channels, nf, stem, batch_norm)
         in_ch = nf
         for i, (n_blocks, stride) in enumerate(zip(self.blocks, (1, 2, 2, 2)), start=1):
             width = nf * 2 ** (i - 1)
@@ -330,7 +372,7 @@ class ResNet50(nn.Module):
         return [self.layer1, self.layer2, self.layer3, self.layer4]
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.bn1(self.conv1(x)).relu()
+        h = self.pool(self.bn1(self.conv1(x)).relu())
         for stage in self.stages:
             h = stage(h)
         return h.mean(dim=(2, 3))
