@@ -70,7 +70,7 @@ def test_svhn_keeps_pixels_in_image_order(root):
 
 def test_omniglot_rotation_adds_exact_rotations(root):
     data, names = load_omniglot(test_per_class=2)
-    assert len(names) == 24 and data.x_train.shape[1:] == (1, 28, 28)
+    assert len(names) == 24 and data.x_train.shape[1:] == (1, 32, 32)
     bench = get_benchmark("omniglot-rotation", n_tasks=2, n_classes=24, test_per_class=2)
     t0 = bench[0]
     n = len(t0.x_train) // 4

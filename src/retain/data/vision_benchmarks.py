@@ -428,7 +428,7 @@ def omniglot_rotation(
     root: Root = None,
     download: bool = False,
     n_classes: int = 1200,
-    size: int = 28,
+    size: int = 32,
     rotations: Sequence[int] = (0, 90, 180, 270),
     test_per_class: int = 4,
     shuffle_classes: bool = False,

@@ -417,7 +417,7 @@ def _folder_data(
 def load_omniglot(
     root: PathLike | None = None,
     download: bool = False,
-    size: int = 28,
+    size: int = 32,
     test_per_class: int = 4,
     seed: int = 0,
 ) -> tuple[RawData, list[str]]:
@@ -425,7 +425,7 @@ def load_omniglot(
     ``ROOT/omniglot-py/images_{background,evaluation}/<alphabet>/<character>/*.png``
     (torchvision's layout; also ``ROOT/omniglot`` or ``ROOT``). Class ids follow the sorted
     (set, alphabet, character) paths; images are inverted (ink bright, as in MNIST) and resized
-    to ``size`` (28 for WSN's Omniglot rotation). Omniglot has no test split: ``test_per_class``
+    to ``size`` (32, as WSN's official loader resizes them). Omniglot has no test split: ``test_per_class``
     drawings of each character are held out (seeded). Returns the data and the class names.
 
     Raises:
