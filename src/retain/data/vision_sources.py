@@ -425,8 +425,9 @@ def load_omniglot(
     ``ROOT/omniglot-py/images_{background,evaluation}/<alphabet>/<character>/*.png``
     (torchvision's layout; also ``ROOT/omniglot`` or ``ROOT``). Class ids follow the sorted
     (set, alphabet, character) paths; images are inverted (ink bright, as in MNIST) and resized
-    to ``size`` (32, as WSN's official loader resizes them). Omniglot has no test split: ``test_per_class``
-    drawings of each character are held out (seeded). Returns the data and the class names.
+    to ``size`` (32, as WSN's official loader resizes them). Omniglot has no test split:
+    ``test_per_class`` drawings of each character are held out (seeded). Returns the data and
+    the class names.
 
     Raises:
         DataError: folders missing (where expected, where to get them), an unreadable image, or

@@ -26,10 +26,28 @@ ENVIRONMENT = "environment.json"
 TIMINGS = "timings.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of every file written here: what ``open()`` would give (0666 less the umask),
+#: not ``mkstemp``'s private 0600
+FILE_MODE = 0o666 & ~_umask()
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file next to ``path`` (same file system, so the rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)
+    return fd, tmp
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -55,7 +73,7 @@ def write_yaml(path: Path, obj: Any) -> None:
 
 def save_torch(path: Path, obj: Any) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         torch.save(obj, tmp)
