@@ -11,7 +11,7 @@ import torch
 from retain.data import DataError, get_benchmark, split
 from retain.data import download as dl
 from retain.data.fakes import fake_coarse, write_fake_datasets
-from retain.data.lazy_tasks import LazyImages
+from retain.data.lazy_images import LazyImages
 from retain.data.sources import clear_cache
 from retain.data.vision_sources import (
     load_cifar100,

@@ -18,7 +18,8 @@ from retain.data.custom import (
 from retain.data.download import DATA_ENV, data_root
 from retain.data.idx import read_idx, write_idx
 from retain.data.iterate import iterate_batches
-from retain.data.lazy_tasks import LazyImages, lazy_split
+from retain.data.lazy_images import LazyImages, TransformedImages
+from retain.data.lazy_tasks import lazy_split
 from retain.data.scenarios import (
     make_permutations,
     permute_pixels,
@@ -57,6 +58,7 @@ __all__ = [
     "LazyImages",
     "RawData",
     "Task",
+    "TransformedImages",
     "benchmark_from_datasets",
     "benchmark_from_task_tensors",
     "benchmark_from_tensors",

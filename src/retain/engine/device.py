@@ -77,7 +77,7 @@ def move_benchmark(benchmark: Any, device: torch.device) -> None:
     """Move every in-memory task tensor to ``device`` (lazy images stay where they are)."""
     if device.type == "cpu":
         return
-    from retain.data.lazy_tasks import LazyImages
+    from retain.data.lazy_images import LazyImages
 
     for task in benchmark:
         for name in ("x_train", "y_train", "x_test", "y_test"):
