@@ -104,6 +104,29 @@ def test_online_modes():
     assert torch.allclose(tot(), torch.tensor(6.0 * 9 + 2.0 * 9))
 
 
+def test_mean_mode_is_the_running_mean_of_the_tasks_importances():
+    theta = nn.Parameter(torch.zeros(3))
+    pen = QuadraticPenalty({"w": theta}, mode="mean")
+    fs = [
+        torch.tensor([3.0, 0.0, 1.0]),
+        torch.tensor([0.0, 6.0, 1.0]),
+        torch.tensor([6.0, 3.0, 4.0]),
+    ]
+    for t, f in enumerate(fs):
+        pen.consolidate({"w": f}, {"w": torch.full((3,), float(t))})
+        want = torch.stack(fs[: t + 1]).mean(0)  # HAT's (t F + F_t) / (t + 1)
+        assert torch.allclose(pen.weight["w"], want)
+    assert torch.equal(pen.center["w"], torch.full((3,), 2.0))  # the latest anchor
+    # EWC with online=True and alpha=None consolidates this way
+    bench = blobs()
+    ewc = make_method("ewc", online=True, alpha=None)
+    ewc.setup(_model(bench), None)
+    assert ewc.penalty.mode == "mean"
+    other = make_method("ewc", online=True)
+    other.setup(_model(bench), None)
+    assert other.penalty.mode == "ema"
+
+
 def test_penalty_state_dict_round_trip():
     theta = nn.Parameter(torch.randn(5))
     pen = QuadraticPenalty({"w": theta})

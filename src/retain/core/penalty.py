@@ -3,7 +3,7 @@
 After every task ``t`` an importance ``F_t`` (one tensor per parameter) and an anchor
 ``theta*_t`` (the parameter values then) are *consolidated*; during later training the penalty
 ``P(theta) = sum_i w_i (theta_i - c_i)^2 (+ a constant)`` is added to the loss, scaled by the
-method (EWC: ``lambda/2``; MAS, SI: ``lambda``). Three ways to consolidate (``mode``):
+method (EWC: ``lambda/2``; MAS, SI: ``lambda``). Four ways to consolidate (``mode``):
 
 ``"separate"``: one term per task, ``P = sum_t sum_i F_t,i (theta_i - theta*_t,i)^2``
     (Kirkpatrick et al., 2017: "a separate penalty for each previous task"). Stored exactly,
@@ -15,6 +15,10 @@ method (EWC: ``lambda/2``; MAS, SI: ``lambda``). Three ways to consolidate (``mo
     the latest. Like FACIL, ``F`` starts at zero, so after the first task it is
     ``(1 - alpha) F_0``.
 ``"sum"``: ``F <- F + F_t``, latest anchor (MAS's accumulated importance; SI's Eq. 5).
+``"mean"``: ``F <- (t F + F_t) / (t + 1)`` after task ``t`` (0-based), the running mean of the
+    tasks' importances, latest anchor: the EWC of HAT's code (Serra et al., 2018), which SPG
+    (Konishi et al., 2023) compares against. Unlike ``"separate"`` and ``"sum"``, the weight
+    does not grow with the number of tasks, so the largest stable lambda does not shrink.
 
 ``clamp_min`` (e.g. 0 for SI, whose official code applies a ReLU to the accumulated
 importance) clamps the accumulated weight after every consolidation.
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-MODES = ("separate", "ema", "sum")
+MODES = ("separate", "ema", "sum", "mean")
 
 
 class QuadraticPenalty:
@@ -37,7 +41,7 @@ class QuadraticPenalty:
     Args:
         params: ``{name: parameter}`` to penalise (the live tensors; they are read, never
             written).
-        mode: ``"separate"``, ``"ema"`` or ``"sum"`` (see the module docstring).
+        mode: ``"separate"``, ``"ema"``, ``"sum"`` or ``"mean"`` (see the module docstring).
         alpha: the weight of the old importance in ``"ema"`` mode.
         clamp_min: if set, clamp the accumulated weight from below after each consolidation.
 
@@ -97,7 +101,12 @@ class QuadraticPenalty:
                 gap = (w_old * f / safe * (c_old - a).square()).double().sum()
                 self.const = self.const + gap
             else:
-                w = self.alpha * w_old + (1 - self.alpha) * f if self.mode == "ema" else w_old + f
+                if self.mode == "ema":
+                    w = self.alpha * w_old + (1 - self.alpha) * f
+                elif self.mode == "mean":
+                    w = (self.n_tasks * w_old + f) / (self.n_tasks + 1)
+                else:
+                    w = w_old + f
                 c = a
             if self.clamp_min is not None:
                 w = w.clamp_min(self.clamp_min)

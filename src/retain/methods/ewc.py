@@ -22,7 +22,9 @@ class EWC(Method):
     ``L(theta) = L_B(theta) + sum_i lambda/2 * F_i (theta_i - theta*_A,i)^2``, with ``F`` the
     diagonal Fisher at the end of ``A``; with more tasks, one such term per previous task
     (``online=False``), or one running Fisher and the latest anchor (``online=True``,
-    ``F <- alpha F + (1 - alpha) F_new`` as FACIL and ScrollNet do, with ``alpha = 0.5``).
+    ``F <- alpha F + (1 - alpha) F_new`` as FACIL and ScrollNet do, with ``alpha = 0.5``; with
+    ``alpha=None`` the running mean ``F <- (t F + F_new) / (t + 1)`` of HAT's code, the EWC
+    that SPG compares against).
 
     The importance is pluggable: ``importance="mas"`` gives EWC's penalty with MAS importance,
     ``"si"`` with SI's path integral, or pass any :class:`~retain.core.importance.Importance`.
@@ -46,7 +48,8 @@ class EWC(Method):
         importance: estimator name (``"fisher"``, ``"mas"``, ``"si"``) or instance.
         importance_args: keyword options of the estimator.
         online: one running importance (see above) instead of one term per task.
-        alpha: weight of the old importance in online mode.
+        alpha: weight of the old importance in online mode; None: the running mean over
+            tasks (HAT's and SPG's EWC).
         penalize: which parameters: ``"backbone"``; ``"all"`` (backbone and heads);
             ``"auto"`` (default) = the backbone, plus the heads when later tasks train them
             too (a shared head, or ``loss_heads="seen"``). Per-task heads of a task-aware
@@ -69,7 +72,7 @@ class EWC(Method):
         importance: str | Importance = "fisher",
         importance_args: dict[str, Any] | None = None,
         online: bool = False,
-        alpha: float = 0.5,
+        alpha: float | None = 0.5,
         penalize: str = "auto",
         loss_heads: str = "task",
     ) -> None:
@@ -94,8 +97,10 @@ class EWC(Method):
         module = model if penalize == "all" else model.backbone
         prefix = "" if penalize == "all" else "backbone."
         params = {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
-        mode = "ema" if self.online else self.offline_mode
-        self.penalty = QuadraticPenalty(params, mode, self.alpha, self.clamp_min)
+        online_mode = "mean" if self.alpha is None else "ema"
+        mode = online_mode if self.online else self.offline_mode
+        alpha = 0.5 if self.alpha is None else self.alpha
+        self.penalty = QuadraticPenalty(params, mode, alpha, self.clamp_min)
         self.estimator.setup(params, self._penalty_grad)
 
     def _penalty_grad(self, name: str, value: Tensor) -> Tensor | None:

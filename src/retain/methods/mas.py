@@ -39,7 +39,7 @@ class MAS(EWC):
         lamb: float = 1.0,
         importance_args: dict[str, Any] | None = None,
         online: bool = False,
-        alpha: float = 0.5,
+        alpha: float | None = 0.5,
         penalize: str = "auto",
         loss_heads: str = "task",
     ) -> None:
