@@ -177,13 +177,19 @@ def _run(args: argparse.Namespace) -> int:
         "amp": args.amp,
         "smoke": args.smoke,
     }
+    from retain.engine import distributed
+
+    rank = distributed.launched_rank()  # under torchrun: process 0 checks and writes the folder
     try:
         if args.resume:
             config, run_dir = _resume_config(Path(args.resume), args, flags)
         else:
             config = resolve(args.config, flags, args.set)
+            if not args.out and distributed.requested_world_size() > 1:
+                raise UserError("a data-parallel run (torchrun) needs --out or --resume")
             run_dir = Path(args.out) if args.out else _default_run_dir(config)
-            _check_new_run_dir(run_dir)
+            if rank == 0:
+                _check_new_run_dir(run_dir)
     except ConfigError as e:
         raise UserError(str(e)) from None
     return _execute(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
@@ -240,11 +246,16 @@ def _nonnull(d: dict) -> dict:
 
 
 def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
+    from retain.engine import distributed
     from retain.experiment import ConfigError
     from retain.report import format_result
     from retain.trials import execute
 
+    main = distributed.launched_rank() == 0
+
     def announce(benchmark) -> None:
+        if not main:
+            return
         n_done = _tasks_done(run_dir) if resume else 0
         if resume and n_done == benchmark.n_tasks:
             print(f"{run_dir}: all {n_done} tasks already done", file=sys.stderr)
@@ -261,7 +272,8 @@ def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
         )
     except ConfigError as e:
         raise UserError(str(e)) from None
-    print(format_result(result.metrics()))
+    if main:
+        print(format_result(result.metrics()))
     return 0
 
 

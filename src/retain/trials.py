@@ -127,7 +127,7 @@ def execute(
     import torch
 
     from retain.data import DataError
-    from retain.engine import SetupError, fit
+    from retain.engine import SetupError, distributed, fit
     from retain.experiment import ConfigError, build
     from retain.report.dynamos_analysis import write_dynamos_analysis
 
@@ -139,10 +139,12 @@ def execute(
         raise ConfigError(str(e)) from None
     if on_built is not None:
         on_built(benchmark)
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    writer = distributed.launched_rank() == 0  # data-parallel: process 0 writes the folder
+    created = writer and not run_dir.exists()
+    if writer:
+        run_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    if not resume:
+    if writer and not resume:
         runio.write_yaml(run_dir / runio.CONFIG, config.to_dict())
         runio.write_json(
             run_dir / runio.ENVIRONMENT, runio.environment(config.seed, config.threads)
@@ -165,7 +167,8 @@ def execute(
         if created and not any(run_dir.iterdir()):
             run_dir.rmdir()
         raise ConfigError(str(e)) from None
-    write_dynamos_analysis(run_dir, result.metrics().get("method", {}))
+    if writer:
+        write_dynamos_analysis(run_dir, result.metrics().get("method", {}))
     return result
 
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from retain.data.benchmark import Benchmark, Task
 from retain.data.iterate import iterate_batches
-from retain.engine import runio
+from retain.engine import distributed, runio
 from retain.engine.device import autocast, move_benchmark, resolve_device, to_device
 from retain.methods.base import BenchmarkInfo, Method
 from retain.metrics import AccuracyMatrix
@@ -174,7 +174,7 @@ class Trainer:
         from retain.data.augment import make_augment
         from retain.engine.device import grad_scaler, resolve_device
 
-        self.device = resolve_device(config.device)
+        self.device = distributed.local_device(resolve_device(config.device))
         self.augment = make_augment(config.augment)
         self.scaler = grad_scaler(config.amp, self.device)
 
@@ -196,38 +196,58 @@ class Trainer:
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, c.lr_milestones, c.lr_gamma)
 
     def run_epoch(self, task: Task, optimizer: torch.optim.Optimizer, bar=None) -> float:
-        """One epoch of the method's batches; returns the mean training loss."""
+        """One epoch of the method's batches; returns the mean training loss.
+
+        Data-parallel (several processes, :mod:`retain.engine.distributed`): every process
+        draws the same batch, trains on its shard with the loss weighted by the shard's share,
+        and the gradients are summed over processes before ``method.after_backward``."""
         method, model = self.method, self.model
         model.train()
-        total = torch.zeros((), dtype=torch.float64)
-        count = 0
         device, amp, scaler = self.device, self.config.amp, self.scaler
+        wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        total = torch.zeros((), dtype=wide, device=device)
+        count = torch.zeros((), dtype=wide, device=device)
+        parallel = distributed.active()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
         for batch in method.batches(task, self.config.batch_size, self.generator):
+            n = len(batch)
             x = to_device(batch.x, device)
-            if self.augment is not None:
+            if self.augment is not None:  # on the whole batch: the generator stays in step
                 x = self.augment(x, self.generator)
             if x is not batch.x:
                 batch = dataclasses.replace(
                     batch, x=x, y=to_device(batch.y, device), task_ids=batch.task_ids.to(device)
                 )
+            share = 1.0
+            if parallel:
+                lo, hi = distributed.shard_bounds(n)
+                share = (hi - lo) / n  # 0: fewer rows than processes; the loss is kept at 0
+                if hi > lo:
+                    batch = _rows(batch, lo, hi)
             with autocast(amp, device):
                 loss = method.loss(batch, task)
             optimizer.zero_grad(set_to_none=True)
+            scaled = loss * share if parallel else loss
+            (scaled if scaler is None else scaler.scale(scaled)).backward()
+            if parallel:
+                distributed.reduce_gradients(params)
+            method.after_backward()
             if scaler is None:
-                loss.backward()
-                method.after_backward()
                 optimizer.step()
             else:
-                scaler.scale(loss).backward()
-                method.after_backward()
                 scaler.step(optimizer)
                 scaler.update()
             method.after_step()
-            total += loss.detach() * len(batch)
-            count += len(batch)
+            if parallel:
+                distributed.broadcast_batchnorm(model)
+            if share > 0:
+                total += loss.detach() * len(batch)
+                count += len(batch)
             if bar is not None:
-                bar.update(len(batch))
-        return float(total) / max(count, 1)
+                bar.update(n)
+        distributed.sum_over_processes(total)
+        distributed.sum_over_processes(count)
+        return float(total) / max(float(count), 1.0)
 
     def train_epochs(self, task: Task, epochs: int | None = None) -> None:
         """The default procedure: ``epochs`` epochs of SGD on ``task`` with a fresh optimiser."""
@@ -281,18 +301,23 @@ class Trainer:
         """(task-aware, task-agnostic) test accuracy on ``task``; task-agnostic predictions are
         over the heads of tasks ``< upto``."""
         self.model.eval()
-        correct_aw = torch.zeros((), dtype=torch.long)
-        correct_ag = torch.zeros((), dtype=torch.long)
+        correct_aw = torch.zeros((), dtype=torch.long, device=self.device)
+        correct_ag = torch.zeros((), dtype=torch.long, device=self.device)
         offset = 0 if getattr(self.model, "shared_head", False) else task.class_offset
-        for x, y in iterate_batches(
-            (task.x_test, task.y_test), self.config.eval_batch_size, shuffle=False
+        rank, size = distributed.rank(), distributed.world_size()
+        for i, (x, y) in enumerate(
+            iterate_batches((task.x_test, task.y_test), self.config.eval_batch_size, shuffle=False)
         ):
+            if i % size != rank:  # data-parallel: batches dealt round-robin
+                continue
             x, y = to_device(x, self.device), to_device(y, self.device)
             with autocast(self.config.amp, self.device):
                 aware, agnostic = self.method.predict_both(x, task.id, upto)
             correct_aw += (aware.argmax(1) == y).sum()
             if agnostic is not None:
                 correct_ag += (agnostic.argmax(1) == y + offset).sum()
+        correct = distributed.sum_over_processes(torch.stack([correct_aw, correct_ag]))
+        correct_aw, correct_ag = correct[0], correct[1]
         n = len(task.y_test)
         agn = float(correct_ag) / n if self.method.task_agnostic else math.nan
         return float(correct_aw) / n, agn
@@ -348,24 +373,32 @@ def fit(
     info = BenchmarkInfo(
         benchmark.n_tasks, benchmark.classes_per_task, tuple(benchmark.input_shape)
     )
-    device = resolve_device(config.device)
+    device = distributed.local_device(resolve_device(config.device))
+    if distributed.requested_world_size() > 1 and not method.data_parallel:
+        raise SetupError(
+            f"method {method.name!r} cannot train data-parallel ({method.data_parallel_note}); "
+            "run it in one process"
+        )
+    distributed.init_from_env(device)
     model.to(device)
     move_benchmark(benchmark, device)
     try:
         method.setup(model, info)
     except (ValueError, TypeError) as e:  # the method cannot run on this model or benchmark
         raise SetupError(str(e)) from e
+    # data-parallel: every process reads a checkpoint to resume, process 0 alone writes
+    out_path = run_path if distributed.rank() == 0 else None
 
     seed_everything(seed)
     generator = torch.Generator().manual_seed(seed)
-    events = runio.EventLog(run_path / runio.EVENTS if run_path else None)
+    events = runio.EventLog(out_path / runio.EVENTS if out_path else None)
     aware = AccuracyMatrix(benchmark.n_tasks)
     agnostic = AccuracyMatrix(benchmark.n_tasks)
     result = RunResult(aware, agnostic, run_path)
     start_task, resume_mid = 0, None
 
     def checkpoint(task_done: bool, task_index: int, **mid: Any) -> None:
-        if run_path is None:
+        if out_path is None:
             return
         state = {
             "task": task_index,
@@ -378,7 +411,7 @@ def fit(
             "seconds_per_task": list(result.seconds_per_task),
             **mid,
         }
-        runio.save_torch(run_path / runio.CHECKPOINT, state)
+        runio.save_torch(out_path / runio.CHECKPOINT, state)
 
     if resume:
         if run_path is None or not (run_path / runio.CHECKPOINT).exists():
@@ -387,7 +420,7 @@ def fit(
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], generator)
-        events.load(state["n_events"])
+        events.events = runio.read_events(run_path / runio.EVENTS)[: state["n_events"]]
         for name, matrix in (("task_aware", aware), ("task_agnostic", agnostic)):
             saved = AccuracyMatrix.from_dict(state["metrics"][name])
             matrix.initial, matrix.rows = saved.initial, saved.rows
@@ -404,11 +437,11 @@ def fit(
         config,
         generator,
         events,
-        progress=progress if progress is not None else _stderr_is_tty(),
+        progress=out_path is not None and (progress if progress is not None else _stderr_is_tty()),
     )
 
-    if run_path is not None:
-        run_path.mkdir(parents=True, exist_ok=True)
+    if out_path is not None:
+        out_path.mkdir(parents=True, exist_ok=True)
     if aware.initial is None:
         init_aw, init_ag = trainer.evaluate_all(trained=0)
         aware.set_initial(init_aw)
@@ -433,10 +466,10 @@ def fit(
         agnostic.add_row(row_ag)
         result.method_metrics = method.extra_metrics()
         result.seconds_per_task.append(round(elapsed + time.perf_counter() - t0, 3))
-        if run_path is not None:
-            runio.write_json(run_path / runio.METRICS, result.metrics())
+        if out_path is not None:
+            runio.write_json(out_path / runio.METRICS, result.metrics())
             runio.write_json(
-                run_path / runio.TIMINGS,
+                out_path / runio.TIMINGS,
                 {
                     "seconds_per_task": result.seconds_per_task,
                     "peak_rss_mib": _peak_rss_mib(),
@@ -446,6 +479,13 @@ def fit(
         if on_task_end is not None:
             on_task_end(task.id, result)
     return result
+
+
+def _rows(batch, lo: int, hi: int):
+    """Rows ``[lo, hi)`` of every per-sample field of a batch."""
+    return dataclasses.replace(
+        batch, x=batch.x[lo:hi], y=batch.y[lo:hi], task_ids=batch.task_ids[lo:hi]
+    )
 
 
 def _stderr_is_tty() -> bool:

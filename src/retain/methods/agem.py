@@ -52,6 +52,8 @@ class AGEM(Method):
     """
 
     name = "agem"
+    data_parallel = False
+    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
 
     def __init__(
         self,

@@ -77,6 +77,10 @@ class Method:
     name: ClassVar[str] = "base"
     #: whether the method can predict without a task id (else task-agnostic accuracy is NaN).
     task_agnostic: ClassVar[bool] = True
+    #: whether :func:`retain.fit` may train it data-parallel (``torchrun``; see
+    #: :mod:`retain.engine.distributed`); if not, ``data_parallel_note`` says why.
+    data_parallel: ClassVar[bool] = True
+    data_parallel_note: ClassVar[str] = ""
 
     def __init__(self, loss_heads: str = "task") -> None:
         if loss_heads not in LOSS_HEADS:

@@ -46,6 +46,8 @@ class DER(Method):
     """
 
     name = "der"
+    data_parallel = False
+    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
 
     def __init__(
         self,

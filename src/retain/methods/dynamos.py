@@ -163,6 +163,8 @@ class Dynamos(Method):
     """
 
     name = "dynamos"
+    data_parallel = False
+    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
     #: whether the method has agents (the Eq. 8 baseline has none)
     use_agents = True
 

@@ -110,6 +110,8 @@ class Eidetic(Method):
 
     name = "eidetic"
     task_agnostic = True
+    data_parallel = False
+    data_parallel_note = "it trains with a prune-and-recover loop of its own"
 
     def __init__(
         self,

@@ -42,6 +42,8 @@ class ER(Method):
     """
 
     name = "er"
+    data_parallel = False
+    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
 
     def __init__(
         self, memory_size: int = 200, minibatch_size: int | None = None, loss_heads: str = "seen"
