@@ -206,7 +206,7 @@ class Trainer:
         device, amp, scaler = self.device, self.config.amp, self.scaler
         wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         total = torch.zeros((), dtype=wide, device=device)
-        count = torch.zeros((), dtype=wide, device=device)
+        count = 0
         parallel = distributed.active()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         for batch in method.batches(task, self.config.batch_size, self.generator):
@@ -245,9 +245,10 @@ class Trainer:
                 count += len(batch)
             if bar is not None:
                 bar.update(n)
-        distributed.sum_over_processes(total)
-        distributed.sum_over_processes(count)
-        return float(total) / max(float(count), 1.0)
+        if parallel:
+            sums = distributed.sum_over_processes(torch.stack([total, total.new_tensor(count)]))
+            total, count = sums[0], int(sums[1])
+        return float(total) / max(count, 1)
 
     def train_epochs(self, task: Task, epochs: int | None = None) -> None:
         """The default procedure: ``epochs`` epochs of SGD on ``task`` with a fresh optimiser."""
