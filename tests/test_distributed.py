@@ -236,3 +236,16 @@ def test_torchrun_cli_run_writes_one_folder(tmp_path):
     assert refused.returncode != 0
     assert "needs --out or --resume" in refused.stderr
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["compare", "sweep"])
+def test_many_trial_commands_are_refused_under_torchrun(monkeypatch, tmp_path, capsys, command):
+    from retain.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.chdir(tmp_path)
+    args = ["--benchmark", "split-digits", "--methods", "finetune"]
+    argv = [command, *args] if command == "compare" else [command, str(tmp_path / "s.yaml")]
+    assert main(argv) == 2
+    assert "start single runs with torchrun" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

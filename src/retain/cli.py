@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             return _list()
         if args.command == "report":
             return _report(args.runs, Path(args.out), args.note)
+        if args.command in ("compare", "sweep") and _launched_by_torchrun():
+            raise UserError(
+                f"retain {args.command} runs many trials; start single runs with torchrun "
+                "(torchrun ... -m retain.cli run --out DIR)"
+            )
         if args.command == "compare":
             return _compare(args)
         if args.command == "sweep":
@@ -144,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("retain: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
+
+
+def _launched_by_torchrun() -> bool:
+    from retain.engine import distributed
+
+    return distributed.requested_world_size() > 1
 
 
 def _list() -> int:
@@ -246,6 +257,8 @@ def _nonnull(d: dict) -> dict:
 
 
 def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
+    import torch
+
     from retain.engine import distributed
     from retain.experiment import ConfigError
     from retain.report import format_result
@@ -274,6 +287,8 @@ def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
         raise UserError(str(e)) from None
     if main:
         print(format_result(result.metrics()))
+    if distributed.active():
+        torch.distributed.destroy_process_group()
     return 0
 
 
