@@ -63,10 +63,12 @@ class FirstGradient:
         method.after_backward = after_backward
 
 
-def _train(name: str, args: dict, batch_size: int, run_dir=None, bn: bool = False, **kw):
+def _train(
+    name: str, args: dict, batch_size: int, run_dir=None, bn: bool = False, dropout=0.0, **kw
+):
     torch.manual_seed(0)
     bench = blobs()
-    backbone = BNBackbone() if bn else TinyBackbone()
+    backbone = BNBackbone() if bn else TinyBackbone(dropout=dropout)
     model = ContinualModel(backbone, bench.classes_per_task)
     method = make_method(name, **args)
     first = FirstGradient(method)
@@ -78,17 +80,18 @@ def _train(name: str, args: dict, batch_size: int, run_dir=None, bn: bool = Fals
         "aware": result.task_aware.rows,
         "agnostic": result.task_agnostic.rows,
         "first_grads": first.grads,
+        "memory": method.memory.get_all() if hasattr(method, "memory") else None,
     }
 
 
-def _worker(rank: int, port: int, out: str, cases: list, bn: bool) -> None:
+def _worker(rank: int, port: int, out: str, cases: list, bn: bool, dropout: float) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     results = {}
     for i, (name, args, batch_size) in enumerate(cases):
         run_dir = Path(out) / f"run-{i}-rank{rank}"  # process 1 must not write to its own
-        results[i] = _train(name, args, batch_size, run_dir=run_dir, bn=bn)
+        results[i] = _train(name, args, batch_size, run_dir=run_dir, bn=bn, dropout=dropout)
         results[i]["active"] = distributed.active() and distributed.world_size() == 2
     torch.save(results, Path(out) / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -122,8 +125,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _spawn(tmp_path: Path, cases: list, bn: bool = False) -> tuple[dict, dict]:
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), cases, bn), nprocs=2, join=True)
+def _spawn(tmp_path: Path, cases: list, bn: bool = False, dropout=0.0) -> tuple[dict, dict]:
+    args = (_free_port(), str(tmp_path), cases, bn, dropout)
+    mp.spawn(_worker, args=args, nprocs=2, join=True)
     return torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
 
 
@@ -187,6 +191,18 @@ def test_batchnorm_statistics_are_process_zeros(tmp_path):
     for key, value in r0[0]["state"].items():
         assert torch.equal(value, r1[0]["state"][key]), key
     assert any("running_mean" in k for k in r0[0]["state"])
+
+
+def test_random_draws_after_training_agree_across_processes(tmp_path):
+    """Dropout on uneven shards draws different amounts of random numbers on each process;
+    the global generator is brought back in step after every epoch, so that what a method
+    draws from it later (iCaRL's random exemplars here) is the same everywhere."""
+    case = ("icarl", {"memory_size": 30, "selection": "random"}, 13)
+    r0, r1 = _spawn(tmp_path, [case], dropout=0.3)
+    for key, value in r0[0]["memory"].items():
+        assert torch.equal(value, r1[0]["memory"][key]), key
+    for key, value in r0[0]["state"].items():
+        assert torch.equal(value, r1[0]["state"][key]), key
 
 
 def test_shards_cover_the_batch_in_order():

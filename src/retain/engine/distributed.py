@@ -16,7 +16,8 @@ Launch any run with ``torchrun``; nothing else changes::
   gradient edit (SPG's soft mask, WSN's and PackNet's freezing, HAT's compensation) and every
   optimiser step sees the gradient of the whole batch, and the processes stay identical;
 - BatchNorm statistics are broadcast from process 0 after every step, as
-  ``DistributedDataParallel`` does by default (:func:`broadcast_batchnorm`);
+  ``DistributedDataParallel`` does by default (:func:`broadcast_batchnorm`), and the global
+  random state after every epoch (:func:`sync_rng`);
 - evaluation deals the evaluation batches round-robin and sums the correct counts;
 - after-task work (importance passes, mask consolidation, exemplar selection) runs on every
   process over the whole task, with the same result everywhere;
@@ -119,6 +120,20 @@ def broadcast_batchnorm(model: nn.Module) -> None:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             for buffer in module.buffers():
                 dist.broadcast(buffer, src=0)
+
+
+def sync_rng(device: torch.device) -> None:
+    """Process 0's global random state (CPU, and ``device``'s on CUDA) to every process.
+    Dropout on shards of unequal size draws unequal amounts; without this, what a method
+    draws later (a random exemplar choice, a re-initialisation) would differ per process."""
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    state = torch.get_rng_state().to(on)
+    dist.broadcast(state, src=0)
+    torch.set_rng_state(state.cpu())
+    if device.type == "cuda":
+        state = torch.cuda.get_rng_state(device).to(on)
+        dist.broadcast(state, src=0)
+        torch.cuda.set_rng_state(state.cpu(), device)
 
 
 def sum_over_processes(t: torch.Tensor) -> torch.Tensor:

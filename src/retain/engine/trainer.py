@@ -246,6 +246,7 @@ class Trainer:
             if bar is not None:
                 bar.update(n)
         if parallel:
+            distributed.sync_rng(device)
             sums = distributed.sum_over_processes(torch.stack([total, total.new_tensor(count)]))
             total, count = sums[0], int(sums[1])
         return float(total) / max(count, 1)
