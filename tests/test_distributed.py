@@ -70,6 +70,9 @@ def _train(
     bench = blobs()
     backbone = BNBackbone() if bn else TinyBackbone(dropout=dropout)
     model = ContinualModel(backbone, bench.classes_per_task)
+    if bn and os.environ.get("RANK") == "1":  # as if process 1 had been initialised apart
+        with torch.no_grad():
+            next(model.parameters()).add_(1.0)
     method = make_method(name, **args)
     first = FirstGradient(method)
     result = fit(
@@ -184,9 +187,10 @@ def test_a_stopped_data_parallel_run_resumes_to_the_uninterrupted_result(two_pro
     ).read_bytes()
 
 
-def test_batchnorm_statistics_are_process_zeros(tmp_path):
+def test_batchnorm_statistics_and_initial_weights_are_process_zeros(tmp_path):
     """With BatchNorm the two processes normalise different shards, but process 0's running
-    statistics are broadcast after every step: both end identical."""
+    statistics are broadcast after every step, and its initial weights before training
+    (process 1 starts from other weights here): both end identical."""
     r0, r1 = _spawn(tmp_path, [("finetune", {}, 16)], bn=True)
     for key, value in r0[0]["state"].items():
         assert torch.equal(value, r1[0]["state"][key]), key

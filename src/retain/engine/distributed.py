@@ -8,8 +8,9 @@ Launch any run with ``torchrun``; nothing else changes::
 ``WORLD_SIZE > 1`` and joins the process group (NCCL on CUDA, Gloo on CPU); on CUDA process
 ``LOCAL_RANK`` uses GPU ``LOCAL_RANK``. Then:
 
-- every process holds the whole model, method state and benchmark, and draws the same batches
-  (one seeded generator), so all processes agree on every batch;
+- every process holds the whole model (process 0's weights, broadcast once), method state and
+  benchmark, and draws the same batches (one seeded generator), so all processes agree on
+  every batch;
 - each process computes the method's loss on its contiguous shard of the batch
   (:func:`shard_bounds`); the gradients are weighted by the shard's share of the batch and
   summed over processes (:func:`reduce_gradients`) *before* ``method.after_backward``, so every
@@ -112,6 +113,14 @@ def reduce_gradients(params: list[nn.Parameter]) -> None:
         for g in group:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def broadcast_model(model: nn.Module) -> None:
+    """Process 0's weights and buffers to every process (once, before training, as
+    ``DistributedDataParallel`` does when it wraps a model): a model initialised differently
+    on some process (an unseeded script) cannot make the processes drift apart."""
+    for tensor in model.state_dict().values():
+        dist.broadcast(tensor, src=0)
 
 
 def broadcast_batchnorm(model: nn.Module) -> None:

@@ -388,6 +388,8 @@ def fit(
         method.setup(model, info)
     except (ValueError, TypeError) as e:  # the method cannot run on this model or benchmark
         raise SetupError(str(e)) from e
+    if distributed.active():
+        distributed.broadcast_model(model)
     # data-parallel: every process reads a checkpoint to resume, process 0 alone writes
     out_path = run_path if distributed.rank() == 0 else None
 
