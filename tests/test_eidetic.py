@@ -194,6 +194,52 @@ def test_stop_rule_restores_the_last_good_iteration(absolute):
     assert all(torch.equal(final[k], states[kept][k]) for k in final)
 
 
+def _scripted_task(accs, **kw):
+    bench = blobs(n_tasks=2, per_class=10)
+    model = _mlp_model(bench, hidden=(20, 20))
+    eid = Scripted(accs, **kw)
+    eid.setup(model)
+    eid.prepare_for_task(0)
+    opt = torch.optim.SGD(eid.task_parameters(0), lr=0.1)
+    return eid, eid.fit_task(bench[0], opt, max_epochs=10)
+
+
+def test_a_task_is_pruned_at_least_once_even_if_the_extra_epoch_fell_back():
+    """As the code (``m = best`` before the loop): the extra epoch's 0.5 is far below the best
+    1.0, yet one pruning step is taken (0.995: kept); the second fails and is undone. Without
+    this, the task would claim every free neuron."""
+    accs = [0.9, 1.0, 0.5, 0.995, 0.5, 0.5]
+    eid, summary = _scripted_task(accs, step=0.2, tolerance=0.01, max_recovery_epochs=2)
+    assert eid.accs == []
+    assert summary["iterations"] == 1 and summary["best_acc"] == 1.0
+    assert summary["final_acc"] == 0.995
+    assert eid.masks.n_pruned() == eid.after_prune[0] > 0
+
+
+def test_pretraining_stops_on_a_drop_not_on_a_tie():
+    """The code's early stop: accuracy below the best before it, and more than ``patience``
+    epochs since the best. Ties (0.9, 0.9, 0.9) do not stop it; the drop to 0.8 does, and the
+    extra epoch (0.99) does not count towards the best."""
+    accs = [0.9, 0.9, 0.9, 0.95, 0.8, 0.8, 0.99, 0.95, 0.5]
+    eid, summary = _scripted_task(accs, step=0.2, tolerance=0.01, max_recovery_epochs=1, patience=1)
+    assert eid.accs == []
+    assert summary["pretrain_epochs"] == 7  # 6 epochs (stop at the second 0.8) + the extra one
+    assert summary["best_acc"] == 0.95  # not the extra epoch's 0.99
+    assert summary["iterations"] == 1  # 0.95 kept, 0.5 failed and undone
+
+
+def test_crossing_max_pruned_undoes_the_step_that_crossed_it():
+    accs = [1.0, 1.0] + [1.0] * 10
+    eid, summary = _scripted_task(
+        accs[:], step=0.3, tolerance=0.01, max_recovery_epochs=1, max_pruned=0.4
+    )
+    steps = eid.after_prune
+    total = sum(int(m.numel()) for m in eid.masks.owner.values())
+    assert steps[-1] / total > 0.4 >= steps[-2] / total  # the last step crossed the line
+    assert eid.masks.n_pruned() == steps[-2]  # and was undone
+    assert summary["iterations"] == len(steps) - 1
+
+
 def test_trace_matches_a_declared_graph():
     mlp = MLP((8,), hidden=(16, 12))
     declared = NeuronGraph().layer("layers.0").layer("layers.1", inputs="layers.0")

@@ -82,8 +82,8 @@ class Eidetic(Method):
             improved for more than ``patience`` epochs (the engine's ``epochs`` caps it).
         max_recovery_epochs: at most this many epochs after each pruning step; recovery ends as
             soon as accuracy is within the tolerance.
-        max_pruned: stop (keeping the current, good iteration) once more than this fraction of
-            all neurons is pruned in the current task.
+        max_pruned: stop once more than this fraction of all neurons is pruned in the current
+            task, going back to the state before the pruning step that crossed it (as the code).
         step_base: ``"unmasked"`` (the code: ``round(step x neurons not yet pruned in this
             task, frozen ones included)`` per layer, clamped to the free ones so frozen neurons
             are never selected) or ``"free"`` (``round(step x free unpruned neurons)``).
@@ -418,15 +418,16 @@ class Eidetic(Method):
         best, best_epoch = -math.inf, 0
         for e in range(max_epochs):
             m = run("train")
+            # the code's stop test, against the best before this epoch: a tie does not stop
+            stop = m >= 1.0 or (m < best and e - best_epoch > self.patience)
             if m > best:
                 best, best_epoch = m, e
-            if m >= 1.0 or e - best_epoch > self.patience:
+            if stop:
                 break
         if self.lr_divisor != 1.0:
             for group in optimizer.param_groups:
                 group["lr"] = group["lr"] / self.lr_divisor
-        m = run("train")
-        best = max(best, m)
+        m = run("train")  # the extra epoch; as in the code, it does not count towards best
         summary: dict[str, Any] = {"pretrain_epochs": epoch, "best_acc": best, "iterations": 0}
         if not prune:
             summary["final_acc"] = m
@@ -434,27 +435,31 @@ class Eidetic(Method):
 
         snap = None
         iterations = 0
+        last_acc = m
+        m = best  # as the code: at least one pruning step, even if the extra epoch fell back
         while True:
-            if self._fails(m, best):
+            # stop on a failed recovery, or once too much is pruned: back to before the last
+            # pruning step (the code's StopIteration)
+            if self._fails(m, best) or masks.pruned_fraction() > self.max_pruned:
                 if snap is not None:
                     self.restore(snap)
-                    m = snap["acc"]
+                    last_acc = snap["acc"]
                     iterations -= 1
                 break
-            if masks.pruned_fraction() > self.max_pruned:
-                break
             snap = self.snapshot()
-            snap["acc"] = m
+            snap["acc"] = last_acc
             data = score_batches() if (score_batches is not None) else None
             if self.prune_step(data) == 0:
                 break
             iterations += 1
             for _ in range(self.max_recovery_epochs):
-                m = run("prune")
+                m = last_acc = run("prune")
                 best = max(best, m)
                 if not self._fails(m, best):
                     break
-        summary.update(iterations=iterations, final_acc=m, epochs=epoch, pruned=masks.n_pruned())
+        summary.update(
+            iterations=iterations, final_acc=last_acc, epochs=epoch, pruned=masks.n_pruned()
+        )
         return summary
 
     def _should_prune(self, task_id: int) -> bool:
