@@ -137,6 +137,32 @@ def test_spg_fi_soft_masks_with_the_normalised_fisher():
     assert all(g.max() <= 1 for g in spg.mask.gamma.values())
 
 
+def test_spg_fi_positive_mapping_is_monotone_and_frees_below_mean_weights():
+    """``normalize="positive"``: ``max(tanh(Norm(F)), 0)``; a larger Fisher never gets a
+    smaller mask, and every value at or below its tensor's mean gets 0 (the default ``|.|``
+    gives those a positive mask)."""
+    bench = blobs(n_tasks=2)
+    model = _model(bench)
+    spg = _spg(model, importance="fisher", normalize="positive")
+    _train(spg, bench[0], finish=False)
+    fisher = fisher_diagonal(
+        model, task_batches(model, bench[0]), task_forward(0), params=spg.mask.params
+    )
+    spg.after_task(bench[0])
+    literal_positive_below_mean = 0
+    for n, g in spg.mask.gamma.items():
+        f = fisher[n].flatten()
+        gamma = g.flatten()
+        below = f <= f.mean()
+        assert torch.all(gamma[below] == 0)
+        order = torch.argsort(f)
+        assert torch.all(gamma[order].diff() >= -1e-7)  # monotone in the Fisher
+        mean_std = (f - f.mean()) / f.std()  # Norm of Eq. 1 (eps is negligible here)
+        assert torch.allclose(gamma, torch.tanh(mean_std).clamp(min=0), atol=1e-5)
+        literal_positive_below_mean += int((spg_normalize(f)[below] > 0.05).sum())
+    assert literal_positive_below_mean > 0  # what the default mapping does differently
+
+
 def test_ewc_gi_is_ewc_with_the_accumulated_spg_importance():
     """EWC-GI (paper Sec. 4): lambda/2 sum gamma^{<=t-1} (theta - theta*)^2, two lines."""
     bench = blobs(n_tasks=3)

@@ -67,15 +67,17 @@ from retain.data.benchmark import Task
 BatchLoss = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
-def spg_normalize(g: Tensor, eps: float = 1e-12) -> Tensor:
+def spg_normalize(g: Tensor, eps: float = 1e-12, signed: bool = False) -> Tensor:
     """``|tanh(Norm(g))|`` with ``Norm(g) = (g - Mean(g)) / sqrt(Var(g) + eps)`` over the whole
     tensor (Eqs. 1-2; the absolute value as the official code). Unbiased variance (a single
-    element: variance 0). Always in ``[0, 1]``; float32."""
+    element: variance 0). Always in ``[0, 1]``; float32. ``signed``: ``tanh(Norm(g))``
+    without the absolute value, in ``(-1, 1)``."""
     g = g.detach().float()
     if g.numel() == 0:
         return g.clone()
     var = g.var(correction=1 if g.numel() > 1 else 0)
-    return torch.tanh((g - g.mean()) / torch.sqrt(var + eps)).abs()
+    out = torch.tanh((g - g.mean()) / torch.sqrt(var + eps))
+    return out if signed else out.abs()
 
 
 def gradient_importance(

@@ -15,7 +15,7 @@ from retain.data.benchmark import Task
 from retain.methods.base import Batch, Method, register
 
 MASKED = ("auto", "backbone", "all")
-NORMALIZE = ("auto", "spg", "none")
+NORMALIZE = ("auto", "spg", "positive", "none")
 
 
 class GradientSoftMask:
@@ -146,7 +146,12 @@ class SPG(Method):
       the last one).
     * ``importance="fisher"``: SPG-FI, EWC's Fisher as the soft mask; any estimator of
       :data:`~retain.core.importance.ESTIMATORS` works. Its values are mapped to ``[0, 1]``
-      by the same per-tensor ``|tanh(Norm(.))|`` (``normalize="auto"``).
+      by the same per-tensor ``|tanh(Norm(.))|`` (``normalize="auto"``): the paper's
+      substitution taken literally. For an estimate that is never negative (a Fisher) this is
+      not monotone: a value below the tensor's mean gets ``|tanh((F - mean) / std)| > 0``,
+      so the least important weights are partly held too (about 0.2-0.3 at ``F = 0`` for a
+      heavy-tailed Fisher). ``normalize="positive"`` maps with ``max(tanh(Norm(.)), 0)``
+      instead: below-mean values are free, the rest as SPG.
     * ``threshold=h``: HPG, the appendix's hard mask: gradients of parameters with
       ``gamma^{<=t-1} > h`` are zeroed, the others untouched; blocked values are also restored
       after every step, so they stay exact under weight decay and momentum (for that, a copy
@@ -173,8 +178,9 @@ class SPG(Method):
             (default: the backbone, plus the head when it is shared by all tasks). Per-task
             heads are trained only with their own task.
         normalize: how estimates become a mask in ``[0, 1]``: ``"spg"`` (``|tanh(Norm(.))|``
-            per tensor, Eqs. 1-2), ``"none"`` (already in ``[0, 1]``), ``"auto"`` (``"none"``
-            for SPG's estimator, ``"spg"`` otherwise).
+            per tensor, Eqs. 1-2), ``"positive"`` (``max(tanh(Norm(.)), 0)``, monotone for
+            estimates that are never negative), ``"none"`` (already in ``[0, 1]``),
+            ``"auto"`` (``"none"`` for SPG's estimator, ``"spg"`` otherwise).
         blocked_atol: tolerance of "fully blocked".
     """
 
@@ -285,9 +291,10 @@ class SPG(Method):
         """``gamma^t`` in ``[0, 1]`` for every masked parameter (Eqs. 1-3)."""
         assert self.model is not None
         imp = self.estimator.compute(self.model, task, self.loss_heads)
-        if self.normalize == "spg":
+        if self.normalize in ("spg", "positive"):
             eps = getattr(self.estimator, "eps", 1e-12)
-            imp = {n: spg_normalize(v, eps) for n, v in imp.items()}
+            signed = self.normalize == "positive"
+            imp = {n: spg_normalize(v, eps, signed=signed).clamp_(min=0) for n, v in imp.items()}
         return imp
 
     def after_task(self, task: Task) -> None:
