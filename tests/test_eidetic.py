@@ -245,3 +245,24 @@ def test_trace_matches_a_declared_graph():
     declared = NeuronGraph().layer("layers.0").layer("layers.1", inputs="layers.0")
     declared.output("layers.1")
     assert trace(mlp) == declared
+
+
+def test_taylor_score_of_a_conv_channel_is_the_mean_of_absolute_products():
+    """As the official code: ``mean |activation x gradient|`` over batch and positions, so
+    products of opposite sign at two positions do not cancel (they would in ``|mean|``)."""
+    from retain.core.structured import TaylorScores
+
+    conv = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False))
+    with torch.no_grad():
+        conv[0].weight.copy_(torch.tensor([1.0, 2.0]).view(2, 1, 1, 1))
+    masks = NeuronMasks(NeuronGraph().layer("0").output("0"), conv)
+    scores = TaylorScores(masks)
+    x = torch.tensor([[[[1.0, -1.0]]], [[[2.0, 3.0]]]])  # 2 samples, 1 x 1 x 2 positions
+    upstream = torch.tensor([[[[1.0, 1.0]], [[0.5, -1.0]]], [[[1.0, -1.0]], [[2.0, 0.0]]]])
+    with scores.recording():
+        out = conv(x)
+        (out * upstream).sum().backward()
+    want = (out.detach() * upstream).abs().flatten(2).mean(2).mean(0).double()
+    assert torch.allclose(scores.raw["0"], want)
+    cancelled = (out.detach() * upstream).flatten(2).mean(2).abs().mean(0).double()
+    assert not torch.allclose(scores.raw["0"], cancelled)

@@ -274,13 +274,16 @@ def task_batches(
 ) -> list[tuple[Tensor, Tensor]]:
     """A task's training data as ``(x, y)`` batches in stored order (deterministic), with
     labels matching :func:`task_forward` (global ones for ``"seen"``); at most
-    ``max_samples`` samples (the first ones)."""
+    ``max_samples`` samples (the first ones). On the model's device (lazily loaded images
+    stay on the host until batched)."""
     x, y = task.x_train, task.y_train
     if max_samples is not None:
         x, y = x[:max_samples], y[:max_samples]
+    device = next(model.parameters()).device
+    y = y.to(device)
     if heads == "seen" and hasattr(model, "global_labels"):
         y = model.global_labels(y, torch.full_like(y, task.id))
-    return list(iterate_batches((x, y), batch_size, shuffle=False))
+    return [(xb.to(device), yb) for xb, yb in iterate_batches((x, y), batch_size, shuffle=False)]
 
 
 # ---------------------------------------------------------------------------------- estimators

@@ -879,7 +879,7 @@ def lp_scores(masks: NeuronMasks, p: float) -> dict[str, Tensor]:
             for layer in masks.layers:
                 if layer.spec.group == g:
                     w = layer.weight.detach().flatten(1).double()
-                    acc += w.abs().pow(p).sum(1)
+                    acc += w.abs().pow(p).sum(1).cpu()  # the masks live on the CPU
             out[g] = acc.pow(1.0 / p)
     return out
 
@@ -958,9 +958,11 @@ def select_global(
 
 
 class TaylorScores:
-    """Accumulates Molchanov's first-order Taylor score of every neuron: per sample, the
-    absolute value of the spatial mean of ``activation x gradient`` at the layer output, mean
-    over the batch, summed over batches (and over the layers of a group)."""
+    """Accumulates Molchanov's first-order Taylor score of every neuron: ``|activation x
+    gradient|`` at the layer output, mean over the batch and the spatial positions, summed over
+    batches (and over the layers of a group). The absolute value comes before the spatial mean,
+    as in the official Eidetic code (Molchanov et al. 2017, Eq. 8, take it after); for MLPs
+    the two agree. Kept on the CPU, beside the masks."""
 
     def __init__(self, masks: NeuronMasks) -> None:
         self.masks = masks
@@ -981,10 +983,10 @@ class TaylorScores:
                 act = out.detach()
 
                 def bwd(grad: Tensor) -> None:
-                    prod = grad.detach() * act
+                    prod = (grad.detach() * act).abs()
                     if prod.dim() > 2:
                         prod = prod.flatten(2).mean(2)
-                    self.raw[group] += prod.abs().mean(0).double()
+                    self.raw[group] += prod.mean(0).double().cpu()
 
                 out.register_hook(bwd)
 

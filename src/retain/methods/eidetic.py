@@ -356,10 +356,12 @@ class Eidetic(Method):
         model.train()
         if self.router is not None:
             self.router.train()
-        correct = torch.zeros(n_classes, dtype=torch.long)
-        total = torch.zeros(n_classes, dtype=torch.long)
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        device = next(model.parameters()).device
+        correct = torch.zeros(n_classes, dtype=torch.long, device=device)
+        total = torch.zeros(n_classes, dtype=torch.long, device=device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         for x, y in batches():
+            x, y = x.to(device), y.to(device)  # lazy images and the router's mixed batches
             logits = forward(x)
             loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
