@@ -159,6 +159,10 @@ class SPG(Method):
     * EWC-GI is EWC with this importance: ``ewc(importance="spg", importance_args=
       {"accumulate": True}, online=True, alpha=0.0)``.
 
+    The soft mask scales the loss gradient only: an optimiser's weight decay (added inside
+    ``step``) still shrinks a fully blocked weight. The paper and the shipped configs use none;
+    the hard mask (``threshold``) restores blocked values after every step and is exact.
+
     :meth:`extra_metrics` reports, after every task, the fraction of parameters fully blocked
     (effective ``gamma >= 1 - blocked_atol``) per layer and in total (Tables 5 and 7), and the
     mean of the mask.
