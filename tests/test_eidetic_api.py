@@ -188,3 +188,42 @@ def test_configs_resolve():
         config = resolve(Path(__file__).parent.parent / "configs" / f"{name}.yaml")
         method = make_method(config.method, **config.method_args)
         assert isinstance(method, Eidetic)
+
+
+def test_eidetic_uses_the_runs_augmentation_and_mixed_precision():
+    """Eidetic trains with its own loop; it still gets the run's batched augmentation (the
+    inputs it trains on are not the stored images) and its autocast (bf16 activations)."""
+    from retain.data import Benchmark, make_tasks
+
+    g = torch.Generator().manual_seed(0)
+    splits = []
+    for _ in range(2):
+        x = torch.rand(32, 1, 8, 8, generator=g)
+        y = torch.arange(32) % 2
+        splits.append((x, y, x[:8], y[:8]))
+    bench = Benchmark("images", make_tasks(splits, [[0, 1], [2, 3]]), (1, 8, 8))
+    stored = torch.cat([t.x_train for t in bench]).flatten(1)
+    seen = {}
+
+    def record(module, args, out):
+        if module.training:
+            seen.setdefault("inputs", []).append(args[0].detach().flatten(1))
+            seen.setdefault("dtypes", set()).add(out.dtype)
+
+    for augment, amp in (({}, "off"), ({"crop": 2, "flip": True}, "bf16")):
+        seen.clear()
+        torch.manual_seed(0)
+        model = ContinualModel(MLP((1, 8, 8), hidden=(16,)), bench.classes_per_task)
+        handle = model.backbone.register_forward_hook(record)
+        eid = make_method("eidetic", step=0.3, patience=1, max_recovery_epochs=1)
+        fit(model, bench, eid, epochs=1, batch_size=16, augment=augment, amp=amp)
+        handle.remove()
+        inputs = torch.cat(seen["inputs"])
+        exact = "donot_use_mm_for_euclid_dist"
+        is_stored = (
+            (torch.cdist(inputs, stored, compute_mode=exact).min(1).values < 1e-6).float().mean()
+        )
+        if augment:
+            assert is_stored < 0.5 and seen["dtypes"] == {torch.bfloat16}
+        else:
+            assert is_stored == 1.0 and seen["dtypes"] == {torch.float32}

@@ -344,6 +344,13 @@ class Eidetic(Method):
             return acc < best - self.tolerance
         return acc < best * (1 - self.tolerance)
 
+    def _autocast(self):
+        """The run's mixed precision (``amp``, set by :meth:`train_task`); none from the API."""
+        from retain.engine.device import autocast
+
+        amp, device, _ = getattr(self, "_amp", ("off", None, None))
+        return autocast(amp, device)
+
     def _epoch(
         self,
         forward: Callable[[Tensor], Tensor],
@@ -360,14 +367,20 @@ class Eidetic(Method):
         correct = torch.zeros(n_classes, dtype=torch.long, device=device)
         total = torch.zeros(n_classes, dtype=torch.long, device=device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        scaler = getattr(self, "_amp", (None, None, None))[2]  # fp16's gradient scaler
         for x, y in batches():
             x, y = x.to(device), y.to(device)  # lazy images and the router's mixed batches
-            logits = forward(x)
-            loss = F.cross_entropy(logits, y)
+            with self._autocast():
+                logits = forward(x)
+                loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss if scaler is None else scaler.scale(loss)).backward()
             self.after_backward()
-            optimizer.step()
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
             self.after_step()
             hit = logits.detach().argmax(1) == y
             total += torch.bincount(y, minlength=n_classes)
@@ -515,11 +528,17 @@ class Eidetic(Method):
         task boundaries (``fit(..., resume=True)``); no checkpoint is written inside a task."""
         model, _, _ = self._require()
         cfg = trainer.config
+        self._amp = (cfg.amp, trainer.device, trainer.scaler)  # the run's mixed precision
+        from retain.engine.device import to_device
+
         optimizer = trainer.make_optimizer(self.trainable_parameters(task))
 
         def batches() -> Iterator[tuple[Tensor, Tensor]]:
             for b in self.batches(task, cfg.batch_size, trainer.generator):
-                yield b.x, b.y
+                x = b.x
+                if trainer.augment is not None:  # the run's batched augmentation
+                    x = trainer.augment(to_device(x, trainer.device), trainer.generator)
+                yield x, b.y
 
         def score_batches() -> Iterator[tuple[Tensor, Tensor]]:
             return iterate_batches((task.x_train, task.y_train), cfg.batch_size, shuffle=False)
