@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from retain.core.masks import decode_mask, density_count, mask_of, raw_weight
 from retain.data import Benchmark, make_tasks
@@ -275,3 +276,66 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, crash_at):
     a = (tmp_path / "a" / "metrics.json").read_bytes()
     assert a == (tmp_path / "b" / "metrics.json").read_bytes()
     assert b'"reuse"' in a and b'"cap"' in a
+
+
+class _StatsFreeBNNet(nn.Module):
+    """Linear -> statistics-free BatchNorm -> ReLU, as WSN's official nets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(8, 16, bias=False),
+            nn.BatchNorm1d(16, affine=False, track_running_stats=False),
+            nn.ReLU(),
+        )
+        self.out_features = 16
+
+    def forward(self, x):
+        return self.net(x.flatten(1))
+
+
+def _bn_run(task_norm: bool):
+    """WSN on two tasks; after task 0: task 0's logits (whole test set, and one sample at a
+    time) and, with ``task_norm``, the rows of running statistics."""
+    from retain.core.task_norm import TaskBatchNorm
+
+    bench = blobs(n_tasks=2)
+    x = bench[0].x_test
+    torch.manual_seed(0)
+    model = ContinualModel(_StatsFreeBNNet(), bench.classes_per_task)
+    wsn = make_method("wsn", capacity=0.5, task_norm=task_norm)
+    after0 = {}
+
+    def snapshot(task_index, result):
+        if task_index == 0:
+            norms = [m for m in model.modules() if isinstance(m, TaskBatchNorm)]
+            after0["rows"] = [n.running_mean.clone() for n in norms]
+            after0["whole"] = wsn.predict(x, task_id=0)
+            after0["pairs"] = torch.cat(
+                [wsn.predict(x[i : i + 2], task_id=0) for i in range(0, len(x), 2)]
+            )
+
+    fit(model, bench, wsn, epochs=3, lr=0.1, batch_size=16, on_task_end=snapshot)
+    return model, wsn, x, after0
+
+
+def test_task_norm_keeps_each_tasks_statistics_and_frees_predictions_from_the_batch():
+    """``task_norm``: the statistics-free BatchNorm becomes one with a row of running
+    statistics per task; task 0's row is written while task 0 trains and never after, its
+    predictions do not depend on the other samples of the test batch, and they are
+    bit-identical after task 1. Without it, a sample's logits change with its batch."""
+    from retain.core.task_norm import TaskBatchNorm
+
+    model, wsn, x, after0 = _bn_run(task_norm=True)
+    (norm,) = [m for m in model.modules() if isinstance(m, TaskBatchNorm)]
+    (rows,) = after0["rows"]
+    assert not torch.equal(rows[0], torch.zeros(16))  # written by task 0
+    assert torch.equal(rows[1], torch.zeros(16))  # task 1 not trained yet
+    assert torch.allclose(after0["whole"], after0["pairs"], atol=1e-6)
+    assert torch.equal(norm.running_mean[0], rows[0])  # task 1 left task 0's row alone
+    assert not torch.equal(norm.running_mean[1], torch.zeros(16))
+    assert torch.equal(wsn.predict(x, task_id=0), after0["whole"])
+
+    _, _, _, plain = _bn_run(task_norm=False)
+    assert plain["rows"] == []
+    assert not torch.allclose(plain["whole"], plain["pairs"], atol=1e-3)  # batch statistics

@@ -17,6 +17,7 @@ from retain.core.masks import (
     masked_layers,
     raw_weight,
 )
+from retain.core.task_norm import TaskBatchNorm, set_task, use_task_norm
 from retain.data.benchmark import Task
 from retain.methods.base import Method, register
 
@@ -74,6 +75,10 @@ class WSN(Method):
         reset_scores: re-initialise the scores before every task after the first. Default
             ``False``, as the official code: scores are shared across tasks and never reset
             or frozen, so a task's mask starts from the previous task's (biased to reuse).
+        task_norm: give every statistics-free BatchNorm running statistics per task
+            (:class:`~retain.core.task_norm.TaskBatchNorm`): task ``t`` trains and updates its
+            own row and is evaluated with it, so test predictions no longer depend on the test
+            batch (notes, section 10). Default ``False``: batch statistics, as the code.
 
     Details as in the official code: scores and weights sit in the same optimiser with the
     same lr (the paper uses Adam, lr 1e-3, and a fresh optimiser per task, as ``retain.fit``
@@ -99,12 +104,16 @@ class WSN(Method):
     name = "wsn"
     task_agnostic = False
 
-    def __init__(self, capacity: float = 0.5, reset_scores: bool = False) -> None:
+    def __init__(
+        self, capacity: float = 0.5, reset_scores: bool = False, task_norm: bool = False
+    ) -> None:
         super().__init__(loss_heads="task")
         if not 0.0 < capacity <= 1.0:
             raise ValueError(f"capacity must be in (0, 1], got {capacity}")
         self.capacity = float(capacity)
         self.reset_scores = bool(reset_scores)
+        self.task_norm = bool(task_norm)
+        self.norms: list[TaskBatchNorm] = []
         self.layers: dict[str, nn.Module] = {}
         self.bank = MaskBank()
         self.freezer = FrozenElements()
@@ -118,6 +127,14 @@ class WSN(Method):
         if model.shared_head:
             raise ValueError("wsn needs one head per task (head='task')")
         check_no_stateful_norm(model.backbone, self.name)
+        if self.task_norm:
+            if info is None:
+                raise ValueError("wsn: task_norm needs the number of tasks (setup's info)")
+            self.norms = use_task_norm(model.backbone, info.n_tasks)
+            if not self.norms:
+                raise ValueError(
+                    "wsn: task_norm asked for, but the backbone has no statistics-free BatchNorm"
+                )
         self.layers = masked_layers(model.backbone)
         if not self.layers:
             raise ValueError("wsn: the backbone has no nn.Linear or nn.Conv2d layer to mask")
@@ -161,6 +178,7 @@ class WSN(Method):
             if self.reset_scores and task.id > 0:
                 mask.reset_scores()
         self._training = True
+        set_task(self.norms, task.id)
         self._prepare()
 
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
@@ -226,7 +244,11 @@ class WSN(Method):
         assert self.model is not None
         first = next(iter(self.layers))
         if task_id >= self.bank.n_tasks or not self.bank.has(task_id, first):
-            return self.model(x, task_id=task_id)
+            try:
+                set_task(self.norms, task_id)
+                return self.model(x, task_id=task_id)
+            finally:
+                set_task(self.norms, max(self.current_task, 0))
         if self._eval is None or self._eval[0] != task_id:
             w = self.weights()
             masks = {
@@ -238,10 +260,12 @@ class WSN(Method):
         try:
             for name, layer in self.layers.items():
                 mask_of(layer).mask = masks[name]
+            set_task(self.norms, task_id)
             return self.model(x, task_id=task_id)
         finally:
             for layer in self.layers.values():
                 mask_of(layer).mask = None
+            set_task(self.norms, max(self.current_task, 0))
 
     @torch.inference_mode()
     def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
@@ -297,6 +321,7 @@ class WSN(Method):
         self.reuse = [dict(t) for t in state["reuse"]]
         self._training = bool(state["training"])
         self._eval = None
+        set_task(self.norms, max(self.current_task, 0))  # a task resumed mid-way
         self.freezer.clear()
         if self._training:  # resumed inside a task: freeze M_{t-1} again
             self._prepare()
