@@ -197,16 +197,13 @@ def test_wraps_every_base_method(base):
         pytest.skip(f"{base} is not implemented")
     bench = blobs(n_tasks=2, per_class=16)
     args = {"memory_size": 8} if "memory_size" in _params(base) else {}
-    r = fit(
-        _model(bench),
-        bench,
-        ScrollNet(base, base_args=args, splits=2),
-        epochs=1,
-        lr=0.05,
-        batch_size=16,
-    )
+    method = ScrollNet(base, base_args=args, splits=2)
+    r = fit(_model(bench), bench, method, epochs=1, lr=0.05, batch_size=16)
     assert r.task_aware.trained == 2
     assert all(0.0 <= a <= 1.0 for a in r.task_aware.rows[-1])
+    # the base's own metrics (BiC's bias layer, LUCIR's scale, ...) reach metrics.json
+    assert r.method_metrics["scroll"] == 1
+    assert set(method.base.extra_metrics()) <= set(r.method_metrics)
 
 
 def _params(name):

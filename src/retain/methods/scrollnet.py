@@ -205,6 +205,10 @@ class ScrollNet(Method):
     def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, Tensor | None]:
         return self.base.predict_both(x, task_id, upto)
 
+    def extra_metrics(self) -> dict[str, Any]:
+        """The base method's metrics (BiC's bias layer, LUCIR's scale, ...), and the scroll."""
+        return {**self.base.extra_metrics(), "scroll": self.scroll_for(self.current_task)}
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """The base's state; the scroll itself is saved with the model (``_extra_state``)."""
