@@ -5,6 +5,9 @@ with routing or the argmax over heads (TAg), mean over seeds; for ``eidetic`` al
 of neurons each task claimed and the router's test accuracy.
 
     python benchmarks/eidetic_table.py docs/results/eidetic-pmnist.json
+
+Several files (seeds run as separate jobs) are merged into one table per benchmark, one run
+per seed, the first file's.
 """
 
 from __future__ import annotations
@@ -18,10 +21,22 @@ def mean(values) -> float:
     return statistics.fmean(values)
 
 
-def main(paths: list[str]) -> int:
+def merged(paths: list[str]) -> dict[str, list[dict]]:
+    """Rows by benchmark, each ``(benchmark, method)`` once with the runs of every file (one
+    run per seed, the first file's), so that seeds run as separate jobs form one table."""
+    tables: dict[str, dict[str, dict]] = {}
     for path in paths:
         with open(path) as f:
-            rows = json.load(f)["rows"]
+            for row in json.load(f)["rows"]:
+                same = tables.setdefault(row["benchmark"], {})
+                kept = same.setdefault(row["method"], {**row, "runs": []})
+                seeds = {r["seed"] for r in kept["runs"]}
+                kept["runs"] += [r for r in row["runs"] if r["seed"] not in seeds]
+    return {bench: list(rows.values()) for bench, rows in tables.items()}
+
+
+def main(paths: list[str]) -> int:
+    for rows in merged(paths).values():
         n_tasks = len(rows[0]["runs"][0]["taw_final_row"])
         head = " | ".join(f"T{t + 1}" for t in range(n_tasks))
         print(f"\n{rows[0]['benchmark']}\n")

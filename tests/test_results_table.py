@@ -85,3 +85,22 @@ def test_cli_rejects_unknown_columns_and_old_files_without_tasks(files, tmp_path
     assert results_table.main(["--columns", "fwt_one", path]) == 2
     assert "--tasks" in capsys.readouterr().err
     assert results_table.main(["--columns", "fwt_one", "--tasks", "4", path]) == 0
+
+
+def test_eidetic_table_merges_seeds_run_as_separate_jobs(tmp_path):
+    script = SCRIPT.parent / "eidetic_table.py"
+    spec_e = importlib.util.spec_from_file_location("eidetic_table", script)
+    eidetic_table = importlib.util.module_from_spec(spec_e)
+    spec_e.loader.exec_module(eidetic_table)
+    row = {"benchmark": "b", "method": "eidetic:step=0.2"}
+    a = write(tmp_path / "a.json", [{**row, "runs": [run(0, 0.5, 0.0), run(2, 0.6, 0.0)]}])
+    b = write(
+        tmp_path / "b.json",
+        [
+            {**row, "runs": [run(1, 0.7, 0.0), run(2, 0.9, 0.0)]},  # seed 2 again: a's kept
+            {"benchmark": "b", "method": "finetune", "runs": [run(0, 0.1, -0.5)]},
+        ],
+    )
+    (rows,) = eidetic_table.merged([a, b]).values()
+    assert [r["method"] for r in rows] == ["eidetic:step=0.2", "finetune"]
+    assert [(r["seed"], r["taw_acc"]) for r in rows[0]["runs"]] == [(0, 0.5), (2, 0.6), (1, 0.7)]
