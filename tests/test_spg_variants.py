@@ -261,3 +261,9 @@ def test_spg_forgets_less_than_finetune():
         bwt[name] = r.task_aware.bwt()
     assert bwt["finetune"] < -0.3, bwt
     assert bwt["spg"] > bwt["finetune"] + 0.1, bwt
+
+
+def test_spg_importance_is_not_normalised_twice():
+    with pytest.raises(ValueError, match="already normalised"):
+        make_method("spg", normalize="spg")
+    assert make_method("spg", normalize="none").normalize == "none"

@@ -220,6 +220,11 @@ class SPG(Method):
         self.estimator = make_importance(importance, **args)
         if normalize == "auto":
             normalize = "none" if isinstance(self.estimator, SPGImportance) else "spg"
+        elif normalize != "none" and isinstance(self.estimator, SPGImportance):
+            raise ValueError(
+                "SPG's own importance is already normalised (Eqs. 1-2): normalize must be "
+                f"'auto' or 'none' with it, got {normalize!r}"
+            )
         self.normalize = normalize
         self.importance_epoch = importance_epoch
         self.threshold = threshold
