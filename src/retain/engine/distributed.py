@@ -2,7 +2,7 @@
 
 Launch any run with ``torchrun``; nothing else changes::
 
-    torchrun --nproc_per_node=4 -m retain.cli run --config configs/wsn/cifar100.yaml --out runs/x
+    torchrun --nproc_per_node=4 -m retain.cli run --config configs/spg/c10.yaml --out runs/c10
 
 (or call :func:`retain.fit` from a script started by ``torchrun``). :func:`retain.fit` sees
 ``WORLD_SIZE > 1`` and joins the process group (NCCL on CUDA, Gloo on CPU); on CUDA process
