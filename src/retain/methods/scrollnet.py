@@ -206,8 +206,12 @@ class ScrollNet(Method):
         return self.base.predict_both(x, task_id, upto)
 
     def extra_metrics(self) -> dict[str, Any]:
-        """The base method's metrics (BiC's bias layer, LUCIR's scale, ...), and the scroll."""
-        return {**self.base.extra_metrics(), "scroll": self.scroll_for(self.current_task)}
+        """The base method's metrics (BiC's bias layer, LUCIR's scale, ...), and the scroll
+        (with more than one split: ScrollNet-1 is exactly its base)."""
+        out = dict(self.base.extra_metrics())
+        if self.splits > 1:
+            out["scroll"] = self.scroll_for(self.current_task)
+        return out
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
