@@ -135,6 +135,38 @@ class CrashAfter(Method):
             raise Crash
 
 
+def test_a_row_of_metrics_json_always_has_its_checkpoint(tmp_path, monkeypatch):
+    """The checkpoint of a task is written before its row in metrics.json, so a run killed
+    between the two resumes; killed after the last checkpoint, resuming writes the missing
+    metrics.json without training again."""
+    from retain.engine import runio
+
+    bench = blobs(n_tasks=3, per_class=24)
+    full, run = tmp_path / "full", tmp_path / "run"
+    fit(_model(bench, seed=3), bench, make_method("finetune"), run_dir=full, epochs=2, seed=5)
+    order = []
+    real_save, real_json = runio.save_torch, runio.write_json
+    monkeypatch.setattr(
+        runio, "save_torch", lambda p, obj: (order.append(p.name), real_save(p, obj))
+    )
+
+    def write_json(path, obj):
+        order.append(path.name)
+        if path.name == "metrics.json" and len(obj["task_aware"]["rows"]) == 3:
+            raise Crash  # killed after the last checkpoint, before the last metrics.json
+        real_json(path, obj)
+
+    monkeypatch.setattr(runio, "write_json", write_json)
+    with pytest.raises(Crash):
+        fit(_model(bench, seed=3), bench, make_method("finetune"), run_dir=run, epochs=2, seed=5)
+    first = [n for n in order if n in ("checkpoint.pt", "metrics.json")]
+    assert first[:2] == ["checkpoint.pt", "metrics.json"]
+    monkeypatch.setattr(runio, "write_json", real_json)
+    steps = CrashAfter(1)  # resuming must not train: one step would raise
+    fit(_model(bench, seed=3), bench, steps, run_dir=run, resume=True, epochs=2, seed=5)
+    assert (full / "metrics.json").read_bytes() == (run / "metrics.json").read_bytes()
+
+
 @pytest.mark.parametrize("crash_at", [7, 16, 31])
 def test_resume_after_kill_gives_identical_metrics(tmp_path, crash_at):
     bench = blobs(n_tasks=3, per_class=24)  # 36 samples/task -> 3 batches of 16 per epoch

@@ -471,18 +471,21 @@ def fit(
         result.method_metrics = method.extra_metrics()
         result.seconds_per_task.append(round(elapsed + time.perf_counter() - t0, 3))
         if out_path is not None:
-            runio.write_json(out_path / runio.METRICS, result.metrics())
-            runio.write_json(
-                out_path / runio.TIMINGS,
-                {
-                    "seconds_per_task": result.seconds_per_task,
-                    "peak_rss_mib": _peak_rss_mib(),
-                },
-            )
-            checkpoint(True, task.id)
+            checkpoint(True, task.id)  # first: a row in metrics.json always has a checkpoint
+            _write_results(out_path, result)
         if on_task_end is not None:
             on_task_end(task.id, result)
+    if out_path is not None and start_task >= benchmark.n_tasks:
+        _write_results(out_path, result)  # killed between the last checkpoint and metrics.json
     return result
+
+
+def _write_results(out_path: Path, result: RunResult) -> None:
+    runio.write_json(out_path / runio.METRICS, result.metrics())
+    runio.write_json(
+        out_path / runio.TIMINGS,
+        {"seconds_per_task": result.seconds_per_task, "peak_rss_mib": _peak_rss_mib()},
+    )
 
 
 def _rows(batch, lo: int, hi: int):
