@@ -269,3 +269,12 @@ def test_many_trial_commands_are_refused_under_torchrun(monkeypatch, tmp_path, c
     assert main(argv) == 2
     assert "start single runs with torchrun" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_world_size_is_one_line(monkeypatch, capsys):
+    from retain.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "abc")
+    assert main(["run", "--benchmark", "split-digits", "--method", "finetune"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "retain: error: WORLD_SIZE must be an integer, got 'abc'"

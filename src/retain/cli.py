@@ -126,11 +126,12 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        torchrun = _launched_by_torchrun()
         if args.command == "list":
             return _list()
         if args.command == "report":
             return _report(args.runs, Path(args.out), args.note)
-        if args.command in ("compare", "sweep") and _launched_by_torchrun():
+        if args.command in ("compare", "sweep") and torchrun:
             raise UserError(
                 f"retain {args.command} runs many trials; start single runs with torchrun "
                 "(torchrun ... -m retain.cli run --out DIR)"
@@ -152,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _launched_by_torchrun() -> bool:
+    """Whether ``torchrun`` started several processes (``WORLD_SIZE``), checked once."""
     from retain.engine import distributed
 
-    return distributed.requested_world_size() > 1
+    try:
+        return distributed.requested_world_size() > 1
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def _list() -> int:
@@ -196,7 +201,7 @@ def _run(args: argparse.Namespace) -> int:
             config, run_dir = _resume_config(Path(args.resume), args, flags)
         else:
             config = resolve(args.config, flags, args.set)
-            if not args.out and distributed.requested_world_size() > 1:
+            if not args.out and _launched_by_torchrun():
                 raise UserError("a data-parallel run (torchrun) needs --out or --resume")
             run_dir = Path(args.out) if args.out else _default_run_dir(config)
             if rank == 0:

@@ -43,6 +43,7 @@ def use_task_norm(module: nn.Module, n_tasks: int) -> list[TaskBatchNorm]:
     """Replace every statistics-free BatchNorm (no affine parameters, no running statistics)
     in ``module`` by a :class:`TaskBatchNorm` for ``n_tasks`` tasks; returns the new layers."""
     out = []
+    device = next(module.parameters()).device
     for name, child in list(module.named_modules()):
         if (
             isinstance(child, nn.modules.batchnorm._BatchNorm)
@@ -52,7 +53,6 @@ def use_task_norm(module: nn.Module, n_tasks: int) -> list[TaskBatchNorm]:
             parent, _, attr = name.rpartition(".")
             momentum = 0.1 if child.momentum is None else child.momentum
             new = TaskBatchNorm(child.num_features, n_tasks, child.eps, momentum)
-            device = next(iter(module.parameters())).device
             setattr(module.get_submodule(parent), attr, new.to(device))
             out.append(new)
     return out

@@ -97,18 +97,16 @@ class EventLog:
         self.path = path
         self.events: list[dict] = []
 
+    def load(self, n_keep: int) -> None:
+        if self.path is not None and self.path.exists():
+            lines = self.path.read_text().splitlines()
+            self.events = [json.loads(line) for line in lines[:n_keep]]
+
     def append(self, event: dict) -> None:
         self.events.append(event)
         if self.path is not None:
             text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.events)
             atomic_write_text(self.path, text)
-
-
-def read_events(path: Path) -> list[dict]:
-    """The events of an ``events.jsonl`` (none when it does not exist)."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def git_commit() -> str | None:

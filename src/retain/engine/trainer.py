@@ -195,6 +195,11 @@ class Trainer:
             return None
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, c.lr_milestones, c.lr_gamma)
 
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """Training inputs on the run's device, with its batched augmentation (if any)."""
+        x = to_device(x, self.device)
+        return x if self.augment is None else self.augment(x, self.generator)
+
     def run_epoch(self, task: Task, optimizer: torch.optim.Optimizer, bar=None) -> float:
         """One epoch of the method's batches; returns the mean training loss.
 
@@ -211,9 +216,7 @@ class Trainer:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         for batch in method.batches(task, self.config.batch_size, self.generator):
             n = len(batch)
-            x = to_device(batch.x, device)
-            if self.augment is not None:  # on the whole batch: the generator stays in step
-                x = self.augment(x, self.generator)
+            x = self.augmented(batch.x)  # the whole batch: the generator stays in step
             if x is not batch.x:
                 batch = dataclasses.replace(
                     batch, x=x, y=to_device(batch.y, device), task_ids=batch.task_ids.to(device)
@@ -424,7 +427,7 @@ def fit(
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], generator)
-        events.events = runio.read_events(run_path / runio.EVENTS)[: state["n_events"]]
+        events.load(state["n_events"])  # process 0's log (the others write none)
         for name, matrix in (("task_aware", aware), ("task_agnostic", agnostic)):
             saved = AccuracyMatrix.from_dict(state["metrics"][name])
             matrix.initial, matrix.rows = saved.initial, saved.rows

@@ -177,6 +177,8 @@ class Eidetic(Method):
         self.finished = -1  # last task whose neurons were claimed
         self.phase = -1  # owner id of the phase being trained (a task id, or n_tasks: router)
         self.history: list[dict[str, Any]] = []
+        #: the run's (amp, device, gradient scaler), set by :meth:`train_task`; none from the API
+        self._precision: tuple[str, Any, Any] = ("off", None, None)
         self.router_accuracy: dict[str, float] = {}
 
     # ================================================================== setup and ownership
@@ -344,13 +346,6 @@ class Eidetic(Method):
             return acc < best - self.tolerance
         return acc < best * (1 - self.tolerance)
 
-    def _autocast(self):
-        """The run's mixed precision (``amp``, set by :meth:`train_task`); none from the API."""
-        from retain.engine.device import autocast
-
-        amp, device, _ = getattr(self, "_amp", ("off", None, None))
-        return autocast(amp, device)
-
     def _epoch(
         self,
         forward: Callable[[Tensor], Tensor],
@@ -367,10 +362,12 @@ class Eidetic(Method):
         correct = torch.zeros(n_classes, dtype=torch.long, device=device)
         total = torch.zeros(n_classes, dtype=torch.long, device=device)
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        scaler = getattr(self, "_amp", (None, None, None))[2]  # fp16's gradient scaler
+        from retain.engine.device import autocast
+
+        amp, amp_device, scaler = self._precision  # fp16 comes with a gradient scaler
         for x, y in batches():
             x, y = x.to(device), y.to(device)  # lazy images and the router's mixed batches
-            with self._autocast():
+            with autocast(amp, amp_device):
                 logits = forward(x)
                 loss = F.cross_entropy(logits, y)
             optimizer.zero_grad(set_to_none=True)
@@ -528,17 +525,12 @@ class Eidetic(Method):
         task boundaries (``fit(..., resume=True)``); no checkpoint is written inside a task."""
         model, _, _ = self._require()
         cfg = trainer.config
-        self._amp = (cfg.amp, trainer.device, trainer.scaler)  # the run's mixed precision
-        from retain.engine.device import to_device
-
+        self._precision = (cfg.amp, trainer.device, trainer.scaler)
         optimizer = trainer.make_optimizer(self.trainable_parameters(task))
 
         def batches() -> Iterator[tuple[Tensor, Tensor]]:
             for b in self.batches(task, cfg.batch_size, trainer.generator):
-                x = b.x
-                if trainer.augment is not None:  # the run's batched augmentation
-                    x = trainer.augment(to_device(x, trainer.device), trainer.generator)
-                yield x, b.y
+                yield trainer.augmented(b.x), b.y
 
         def score_batches() -> Iterator[tuple[Tensor, Tensor]]:
             return iterate_batches((task.x_train, task.y_train), cfg.batch_size, shuffle=False)

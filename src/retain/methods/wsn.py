@@ -243,28 +243,24 @@ class WSN(Method):
         learned yet: the mask the current scores select)."""
         assert self.model is not None
         first = next(iter(self.layers))
-        if task_id >= self.bank.n_tasks or not self.bank.has(task_id, first):
-            try:
-                set_task(self.norms, task_id)
-                return self.model(x, task_id=task_id)
-            finally:
-                set_task(self.norms, max(self.current_task, 0))
-        if self._eval is None or self._eval[0] != task_id:
+        learned = task_id < self.bank.n_tasks and self.bank.has(task_id, first)
+        if learned and (self._eval is None or self._eval[0] != task_id):
             w = self.weights()
             masks = {
                 name: self.bank.get(task_id, name, device=w[name].device).to(w[name].dtype)
                 for name in self.layers
             }
             self._eval = (task_id, masks)
-        masks = self._eval[1]
+        set_task(self.norms, task_id)  # its BatchNorm statistics (task_norm)
         try:
-            for name, layer in self.layers.items():
-                mask_of(layer).mask = masks[name]
-            set_task(self.norms, task_id)
+            if learned:
+                for name, layer in self.layers.items():
+                    mask_of(layer).mask = self._eval[1][name]
             return self.model(x, task_id=task_id)
         finally:
-            for layer in self.layers.values():
-                mask_of(layer).mask = None
+            if learned:
+                for layer in self.layers.values():
+                    mask_of(layer).mask = None
             set_task(self.norms, max(self.current_task, 0))
 
     @torch.inference_mode()
