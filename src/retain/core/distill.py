@@ -20,8 +20,22 @@ teacher is treated as a constant (it is detached here, so callers need not remem
 
 from __future__ import annotations
 
+import copy
+from typing import TypeVar
+
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+
+M = TypeVar("M", bound=nn.Module)
+
+
+def frozen_copy(model: M) -> M:
+    """A copy of ``model`` in eval mode with no gradients: the teacher of distillation (LwF,
+    iCaRL, BiC, LUCIR) or a finished expert (One)."""
+    old = copy.deepcopy(model).eval()
+    for p in old.parameters():
+        p.requires_grad_(False)
+    return old
 
 
 def kd_cross_entropy(student: Tensor, teacher: Tensor, temperature: float = 2.0) -> Tensor:

@@ -6,9 +6,11 @@ checkpoint, resume.
     loss = method.loss(batch, task)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    method.after_backward()
+    method.after_backward(batch, task)
     optimizer.step()
-    method.after_step()
+    method.after_step(batch, task)
+
+:meth:`Trainer.run_epoch` is the only code in retain that calls ``backward`` and ``step``.
 
 Evaluation runs under ``torch.inference_mode()`` in large batches and gets the task-aware and
 the task-agnostic accuracy of a task from one forward pass (``Method.predict_both``).
@@ -20,12 +22,14 @@ import dataclasses
 import math
 import random
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -33,7 +37,7 @@ from retain.data.benchmark import Benchmark, Task
 from retain.data.iterate import iterate_batches
 from retain.engine import distributed, runio
 from retain.engine.device import autocast, move_benchmark, resolve_device, to_device
-from retain.methods.base import BenchmarkInfo, Method
+from retain.methods.base import Batch, BenchmarkInfo, Method
 from retain.metrics import AccuracyMatrix
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -148,8 +152,8 @@ def seed_everything(seed: int) -> None:
 
 class Trainer:
     """Owns the optimisation of one run. Methods that write their own procedure
-    (``Method.train_task``) call :meth:`train_epochs`, :meth:`make_optimizer`,
-    :meth:`run_epoch` and :meth:`evaluate_task` from here."""
+    (``Method.train_task``) run its phases with :meth:`train_epochs` or :meth:`run_epoch`
+    (optimisers from :meth:`make_optimizer`)."""
 
     def __init__(
         self,
@@ -178,10 +182,27 @@ class Trainer:
         self.augment = make_augment(config.augment)
         self.scaler = grad_scaler(config.amp, self.device)
 
+    @classmethod
+    def standalone(
+        cls, model: nn.Module, method: Method, generator: torch.Generator | None = None
+    ) -> Trainer:
+        """A trainer outside :func:`fit` (no benchmark, no run folder, fp32 on the model's
+        device), for a method's own API driven with a user's optimiser (``Eidetic.fit_task``)."""
+        device = next(model.parameters()).device
+        return cls(
+            model,
+            method,
+            None,  # type: ignore[arg-type]
+            TrainConfig(device=str(device)),
+            generator if generator is not None else torch.Generator().manual_seed(0),
+            runio.EventLog(None),
+            progress=False,
+        )
+
     # ------------------------------------------------------------------ optimisation
-    def make_optimizer(self, params, lr: float | None = None) -> torch.optim.Optimizer:
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
         c = self.config
-        lr = c.lr if lr is None else lr
+        lr = c.lr
         params = [p for p in params if p.requires_grad]
         if c.optimizer == "sgd":
             return torch.optim.SGD(params, lr=lr, momentum=c.momentum, weight_decay=c.weight_decay)
@@ -200,8 +221,23 @@ class Trainer:
         x = to_device(x, self.device)
         return x if self.augment is None else self.augment(x, self.generator)
 
-    def run_epoch(self, task: Task, optimizer: torch.optim.Optimizer, bar=None) -> float:
-        """One epoch of the method's batches; returns the mean training loss.
+    def run_epoch(
+        self,
+        task: Task,
+        optimizer: torch.optim.Optimizer,
+        bar=None,
+        *,
+        batches: Iterable[Batch] | None = None,
+        forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        metric: Callable[[torch.Tensor, Batch], None] | None = None,
+    ) -> float:
+        """One epoch of SGD steps; returns the mean training loss.
+
+        By default the batches are ``method.batches(task, ...)`` and the loss is
+        ``method.loss(batch, task)``. A phase of a method's own procedure may pass other
+        ``batches`` (e.g. Eidetic's router data) and a ``forward``: the loss is then the
+        cross-entropy of ``forward(batch.x)`` against ``batch.y``, and ``metric(logits, batch)``
+        sees the detached logits after every step (training accuracy).
 
         Data-parallel (several processes, :mod:`retain.engine.distributed`): every process
         draws the same batch, trains on its shard with the loss weighted by the shard's share,
@@ -214,7 +250,9 @@ class Trainer:
         count = 0
         parallel = distributed.active()
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        for batch in method.batches(task, self.config.batch_size, self.generator):
+        if batches is None:
+            batches = method.batches(task, self.config.batch_size, self.generator)
+        for batch in batches:
             n = len(batch)
             x = self.augmented(batch.x)  # the whole batch: the generator stays in step
             if x is not batch.x:
@@ -228,19 +266,25 @@ class Trainer:
                 if hi > lo:
                     batch = _rows(batch, lo, hi)
             with autocast(amp, device):
-                loss = method.loss(batch, task)
+                if forward is None:
+                    loss = method.loss(batch, task)
+                else:
+                    logits = forward(batch.x)
+                    loss = F.cross_entropy(logits, batch.y)
             optimizer.zero_grad(set_to_none=True)
             scaled = loss * share if parallel else loss
             (scaled if scaler is None else scaler.scale(scaled)).backward()
             if parallel:
                 distributed.reduce_gradients(params)
-            method.after_backward()
+            method.after_backward(batch, task)
             if scaler is None:
                 optimizer.step()
             else:
                 scaler.step(optimizer)
                 scaler.update()
-            method.after_step()
+            method.after_step(batch, task)
+            if metric is not None:
+                metric(logits.detach(), batch)
             if parallel:
                 distributed.broadcast_batchnorm(model)
             if share > 0:
@@ -277,6 +321,7 @@ class Trainer:
         )
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
+            self.method.before_epoch(task, epoch)
             loss = self.run_epoch(task, optimizer, bar)
             if scheduler is not None:
                 scheduler.step()
@@ -462,17 +507,16 @@ def fit(
         if resume_mid is not None:
             trainer._resume = {k: resume_mid[k] for k in ("optimizer", "scheduler", "epoch")}
             resume_mid = None
-            elapsed = 0.0
+            method.resume_task(task)
         else:
             method.before_task(task)
-            elapsed = 0.0
         method.train_task(task, trainer)
         method.after_task(task)
         row_aw, row_ag = trainer.evaluate_all(trained=task.id + 1)
         aware.add_row(row_aw)
         agnostic.add_row(row_ag)
         result.method_metrics = method.extra_metrics()
-        result.seconds_per_task.append(round(elapsed + time.perf_counter() - t0, 3))
+        result.seconds_per_task.append(round(time.perf_counter() - t0, 3))
         if out_path is not None:
             checkpoint(True, task.id)  # first: a row in metrics.json always has a checkpoint
             _write_results(out_path, result)

@@ -6,7 +6,6 @@ Not a method (the registry skips modules whose name starts with ``_``).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,18 +13,11 @@ import torch
 from torch import Tensor
 
 from retain.core.buffers import SELECTIONS, ExemplarMemory, embed
+from retain.core.distill import frozen_copy
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
 from retain.methods.base import Batch, BenchmarkInfo, Method
 from retain.models.continual import ContinualModel
-
-
-def frozen_copy(model: ContinualModel) -> ContinualModel:
-    """A copy of ``model`` in eval mode with no gradients (the teacher of distillation)."""
-    old = copy.deepcopy(model).eval()
-    for p in old.parameters():
-        p.requires_grad_(False)
-    return old
 
 
 class ExemplarMethod(Method):

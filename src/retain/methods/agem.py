@@ -54,6 +54,7 @@ class AGEM(Method):
     name = "agem"
     data_parallel = False
     data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
+    train_seen_heads = True  # replayed samples train their own heads with either loss_heads
 
     def __init__(
         self,
@@ -67,28 +68,12 @@ class AGEM(Method):
             raise ValueError(f"minibatch_size must be at least 1, got {minibatch_size}")
         self.memory = ExemplarMemory(memory_size, per_group=per_class)
         self.minibatch_size = int(minibatch_size)
-        self._task: Task | None = None
-
-    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
-        """The backbone and the heads of every task so far: replayed samples train their own
-        heads with either ``loss_heads``."""
-        assert self.model is not None
-        heads = list(range(task.id + 1))
-        return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
-
-    def before_task(self, task: Task) -> None:
-        super().before_task(task)
-        self._task = task
-
-    def loss(self, batch: Batch, task: Task) -> Tensor:
-        self._task = task
-        return super().loss(batch, task)
 
     def _parameters(self) -> list[nn.Parameter]:
         assert self.model is not None
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def reference_gradient(self, params: list[nn.Parameter]) -> list[Tensor | None]:
+    def reference_gradient(self, params: list[nn.Parameter], task: Task) -> list[Tensor | None]:
         """Gradient of the loss of a random memory batch (per parameter; None if unused).
         Leaves ``.grad`` untouched."""
         assert self.model is not None
@@ -96,14 +81,14 @@ class AGEM(Method):
         batch = Batch(m["x"], m["y"], m["task_ids"])
         with torch.enable_grad():
             logits = self.model(batch.x, upto=self.current_task + 1)
-            loss = self.cross_entropy(logits, batch, self._task)  # type: ignore[arg-type]
+            loss = self.cross_entropy(logits, batch, task)
             return list(torch.autograd.grad(loss, params, allow_unused=True))
 
-    def after_backward(self) -> None:
+    def after_backward(self, batch: Batch, task: Task) -> None:
         if self.memory.is_empty:
             return
         params = self._parameters()
-        g_ref = self.reference_gradient(params)
+        g_ref = self.reference_gradient(params, task)
         used = [p.grad is not None or r is not None for p, r in zip(params, g_ref)]
         params = [p for p, u in zip(params, used) if u]
         g_ref = [r for r, u in zip(g_ref, used) if u]

@@ -1,30 +1,58 @@
-"""The method interface: a few hooks around a training loop that the engine (or you) owns.
+"""The method contract: a few hooks around a training step that the engine (or you) owns.
 
 A method is used like this, by :func:`retain.fit` or by a loop of your own::
 
     method.setup(model, benchmark_info)
     for task in benchmark:
-        method.before_task(task)
+        method.before_task(task)          # or method.resume_task(task) inside a resumed task
         opt = torch.optim.SGD(method.trainable_parameters(task), lr=0.01)
-        for batch in method.batches(task, batch_size, generator):
-            loss = method.loss(batch, task)
-            opt.zero_grad(); loss.backward()
-            method.after_backward()
-            opt.step()
-            method.after_step()
+        for epoch in range(epochs):
+            method.before_epoch(task, epoch)
+            for batch in method.batches(task, batch_size, generator):
+                loss = method.loss(batch, task)
+                opt.zero_grad(); loss.backward()
+                method.after_backward(batch, task)
+                opt.step()
+                method.after_step(batch, task)
         method.after_task(task)
         logits = method.predict(x, task_id=task.id)      # task-aware
         logits = method.predict(x, upto=task.id + 1)     # task-agnostic over seen classes
 
-Methods whose procedure is not "epochs of SGD" (Eidetic's prune-and-recover loop) override
-:meth:`Method.train_task`, which receives the engine's :class:`~retain.engine.Trainer`.
+The hooks, in the order the engine calls them, and the methods that override them:
+
+=====================  ==============================================================
+hook                   overridden by
+=====================  ==============================================================
+setup                  most: swap layers, add masks, agents, estimators
+before_task            consolidating methods: per-task caches, freezing, teachers
+resume_task            hat, spg, wsn, packnet (caches ``before_task`` builds from state)
+trainable_parameters   methods that train more or fewer parameters than backbone + head
+before_epoch           spg (importance at an epoch), dynamos (warm-up), hat (annealing)
+batches                replay (mixes memory in), joint, exemplar methods
+loss                   regularisers, distillation, replay, masks (the objective);
+                       ``regularizer()``: its batch-independent term (ewc, mas, si)
+after_backward         gradient edits: spg, hat, wsn, packnet, eidetic, agem, ewc (SI)
+after_step             invariants: freezing, path integrals, buffer admission (replay)
+train_task             eidetic, packnet, scrollnet, joint (phases over ``Trainer.run_epoch``)
+after_task             consolidation: importance, masks, pruning, buffers
+forward_task           per-task forward passes (masks, experts); ``predict`` derives
+predict, predict_both  methods with their own classifier (icarl, bic, dynamos, eidetic)
+extra_metrics          method numbers for ``metrics.json`` (capacity, blocked weights)
+write_artifacts        extra files in the run folder (dynamos' gate analysis)
+state_dict, load_..    everything besides the model needed to resume
+=====================  ==============================================================
+
+Only :class:`~retain.engine.Trainer` calls ``backward`` and ``step``: a method whose procedure
+is not "epochs of SGD" (Eidetic's prune-and-recover loop, PackNet's retraining) overrides
+:meth:`Method.train_task` and runs its phases through ``Trainer.run_epoch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +62,9 @@ from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
 
 if TYPE_CHECKING:
-    from retain.engine.trainer import Trainer
+    from collections.abc import Callable, Iterable
+
+    from retain.data.benchmark import Benchmark
     from retain.models.continual import ContinualModel
 
 LOSS_HEADS = ("task", "seen")
@@ -49,6 +79,12 @@ class Batch:
     y: Tensor
     task_ids: Tensor
     task: int | None = None
+    #: position of the batch in its epoch and the epoch's number of batches (HAT's annealing)
+    index: int = 0
+    of: int = 1
+    #: per-sample values of the stream rows that ``loss`` computed for a hook after the step
+    #: (replay stores them with the samples: DER's logits); ``None``: nothing recorded
+    memo: dict[str, Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -61,6 +97,31 @@ class BenchmarkInfo:
     n_tasks: int
     classes_per_task: list[int]
     input_shape: tuple[int, ...]
+
+
+class TaskTrainer(Protocol):
+    """What :meth:`Method.train_task` may use of the engine (:class:`~retain.engine.Trainer`
+    implements it): the run's settings and data, and the engine's epochs of SGD."""
+
+    config: Any  # retain.engine.TrainConfig
+    benchmark: Benchmark
+    generator: torch.Generator
+    events: Any  # retain.engine.runio.EventLog: ``append(dict)``
+
+    def make_optimizer(self, params: Iterable[nn.Parameter]) -> torch.optim.Optimizer: ...
+
+    def train_epochs(self, task: Task, epochs: int | None = None) -> None: ...
+
+    def run_epoch(
+        self,
+        task: Task,
+        optimizer: torch.optim.Optimizer,
+        bar: Any = None,
+        *,
+        batches: Iterable[Batch] | None = None,
+        forward: Callable[[Tensor], Tensor] | None = None,
+        metric: Callable[[Tensor, Batch], None] | None = None,
+    ) -> float: ...
 
 
 class Method:
@@ -81,6 +142,16 @@ class Method:
     #: :mod:`retain.engine.distributed`); if not, ``data_parallel_note`` says why.
     data_parallel: ClassVar[bool] = True
     data_parallel_note: ClassVar[str] = ""
+    #: whether every task's logits come from one shared forward pass; ``False`` where
+    #: :meth:`forward_task` differs per task (masks, experts): ``predict`` then runs it per task
+    shared_forward: ClassVar[bool] = True
+    #: whether the heads of every task so far are trained whatever ``loss_heads`` says
+    #: (replayed or joint samples train their own heads)
+    train_seen_heads: ClassVar[bool] = False
+    #: ``--smoke`` (:mod:`retain.smoke`): upper and lower bounds of this method's arguments
+    #: that multiply its work (epochs, rounds), applied after every other config source
+    smoke_caps: ClassVar[dict[str, float]] = {}
+    smoke_floors: ClassVar[dict[str, float]] = {}
 
     def __init__(self, loss_heads: str = "task") -> None:
         if loss_heads not in LOSS_HEADS:
@@ -101,25 +172,38 @@ class Method:
     def before_task(self, task: Task) -> None:
         self.current_task = task.id
 
+    def resume_task(self, task: Task) -> None:
+        """Called instead of :meth:`before_task` when a run resumes inside ``task``, after
+        :meth:`load_state_dict`: rebuild what ``before_task`` derives from the state (caches,
+        freezing) without starting the task again."""
+        self.current_task = task.id
+
+    def before_epoch(self, task: Task, epoch: int) -> None:
+        """Called before every epoch of :meth:`batches` (``epoch`` counts from 0 in the task)."""
+
     def after_task(self, task: Task) -> None:
         """Consolidate after training a task (importance, masks, buffers, ...)."""
 
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
         """Parameters the optimiser of ``task`` updates: the backbone and the heads in the loss."""
         assert self.model is not None
-        heads = [task.id] if self.loss_heads == "task" else list(range(task.id + 1))
+        seen = self.loss_heads == "seen" or self.train_seen_heads
+        heads = list(range(task.id + 1)) if seen else [task.id]
         return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
 
     def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """Training batches of one epoch. Methods that mix in other data override this."""
         tid = torch.full((len(task.y_train),), task.id, dtype=torch.long)
-        for x, y, t in iterate_batches(
-            (task.x_train, task.y_train, tid),
-            batch_size,
-            generator=generator,
-            shuffle=not task.ordered,
+        of = -(-len(task.y_train) // batch_size)
+        for i, (x, y, t) in enumerate(
+            iterate_batches(
+                (task.x_train, task.y_train, tid),
+                batch_size,
+                generator=generator,
+                shuffle=not task.ordered,
+            )
         ):
-            yield Batch(x, y, t, task.id)
+            yield Batch(x, y, t, task.id, i, of)
 
     def loss(self, batch: Batch, task: Task) -> Tensor:
         """Training loss of one batch; by default cross-entropy (see ``loss_heads``)."""
@@ -128,6 +212,12 @@ class Method:
             # one task's samples: its own head only (same as masking the other heads' logits)
             return F.cross_entropy(self.model(batch.x, task_id=batch.task), batch.y)
         return self.cross_entropy(self.forward_train(batch), batch, task)
+
+    def regularizer(self) -> Tensor | None:
+        """The loss term that does not depend on the batch (EWC's penalty), included in
+        :meth:`loss` by the methods that have one; ``None`` when there is none. ScrollNet adds
+        it once per narrower width (``penalty_per_width``)."""
+        return None
 
     def forward_train(self, batch: Batch) -> Tensor:
         """Logits used by :meth:`cross_entropy`: all heads seen so far, concatenated."""
@@ -146,32 +236,47 @@ class Method:
             logits = logits.masked_fill(~own, float("-inf"))
         return F.cross_entropy(logits, target)
 
-    def after_backward(self) -> None:
+    def after_backward(self, batch: Batch, task: Task) -> None:
         """Edit gradients between ``backward()`` and ``step()`` (masks, soft masks, freezing)."""
 
-    def after_step(self) -> None:
-        """Restore invariants after ``step()`` (re-zero pruned weights, path integrals)."""
+    def after_step(self, batch: Batch, task: Task) -> None:
+        """Restore invariants after ``step()`` (re-zero pruned weights, path integrals, admit
+        ``batch`` to a replay buffer)."""
 
-    def train_task(self, task: Task, trainer: Trainer) -> None:
+    def train_task(self, task: Task, trainer: TaskTrainer) -> None:
         """Train one task. The default is the engine's epochs of SGD with the hooks above."""
         trainer.train_epochs(task)
 
     # ------------------------------------------------------------------ inference
+    def forward_task(self, x: Tensor, task_id: int) -> Tensor:
+        """Task-aware logits of ``task_id`` (its head; methods with per-task masks or experts
+        set ``shared_forward = False`` and apply them here)."""
+        assert self.model is not None
+        return self.model(x, task_id=task_id)
+
     @torch.inference_mode()
     def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
-        """Logits. With ``task_id``: that task's head (task-aware). Without: the concatenated
-        heads of tasks ``< upto`` (task-agnostic); ``upto`` defaults to the tasks seen so far."""
+        """Logits. With ``task_id``: :meth:`forward_task` (task-aware). Without: the
+        concatenated heads of tasks ``< upto`` (task-agnostic); ``upto`` defaults to the tasks
+        seen so far. Without a shared forward, every task's own ``forward_task`` is
+        concatenated."""
         assert self.model is not None
-        if task_id is None and upto is None:
-            upto = self.current_task + 1
-        return self.model(x, task_id=task_id, upto=upto)
+        if task_id is not None:
+            return self.forward_task(x, task_id)
+        upto = self.current_task + 1 if upto is None else upto
+        if not self.shared_forward:
+            return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
+        return self.model(x, upto=upto)
 
     @torch.inference_mode()
     def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, Tensor | None]:
-        """Task-aware logits of ``task_id`` and task-agnostic logits over heads ``< upto``,
-        from one forward pass (FACIL's evaluation). Methods whose task-aware forward differs
-        from the task-agnostic one (per-task masks) override this."""
+        """Task-aware logits of ``task_id`` and task-agnostic logits over heads ``< upto``
+        (``None`` for a task-aware method), from one forward pass where the forward is shared
+        (FACIL's evaluation)."""
         assert self.model is not None
+        if not self.shared_forward:
+            aware = self.forward_task(x, task_id)
+            return aware, (self.predict(x, upto=upto) if self.task_agnostic else None)
         logits = self.predict(x, upto=upto)
         if self.model.shared_head:
             return logits, logits
@@ -183,6 +288,10 @@ class Method:
         after every task (e.g. capacity per layer). Must be JSON-serialisable and
         deterministic (no times)."""
         return {}
+
+    def write_artifacts(self, run_dir: Path) -> None:
+        """Write method-specific files into the run folder after the run (e.g. Dynamos' gate
+        analysis); called by the trial runner once every task is done."""
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from retain.core.buffers import ReservoirBuffer
 from retain.core.distill import logit_mse
 from retain.data.benchmark import Task
-from retain.methods.base import Batch, Method, register
+from retain.methods._replay import ReplayMethod
+from retain.methods.base import Batch, register
 
 
 @register
-class DER(Method):
+class DER(ReplayMethod):
     """Dark Experience Replay (DER), Buzzega et al. 2020, "Dark Experience for General
     Continual Learning: a Strong, Simple Baseline", Eq. 6:
 
@@ -46,8 +44,6 @@ class DER(Method):
     """
 
     name = "der"
-    data_parallel = False
-    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
 
     def __init__(
         self,
@@ -57,26 +53,16 @@ class DER(Method):
         minibatch_size: int | None = None,
         loss_heads: str = "seen",
     ) -> None:
-        super().__init__(loss_heads=loss_heads)
+        super().__init__(memory_size, minibatch_size, loss_heads)
         if alpha < 0 or beta < 0:
             raise ValueError("alpha and beta must be >= 0")
         self.alpha = float(alpha)
         self.beta = float(beta)
-        self.minibatch_size = minibatch_size
-        self.buffer = ReservoirBuffer(memory_size)
-        self._pending: dict[str, Tensor] | None = None
-
-    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
-        """The backbone and the heads of every task so far: replayed samples train their own
-        heads with either ``loss_heads``."""
-        assert self.model is not None
-        heads = list(range(task.id + 1))
-        return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
 
     def loss(self, batch: Batch, task: Task) -> Tensor:
         assert self.model is not None
         n = len(batch)
-        mb = self.minibatch_size or n
+        mb = self.memory_batch_size(batch)
         mems = []
         if not self.buffer.is_empty:
             mems.append(self.buffer.sample(mb))
@@ -87,12 +73,7 @@ class DER(Method):
         seen = sum(self.model.classes_per_task[: self.current_task + 1])
         z = full[:n]
         loss = self.cross_entropy(z if self.model.shared_head else z[:, :seen], batch, task)
-        self._pending = {
-            "x": batch.x,
-            "y": batch.y,
-            "task_ids": batch.task_ids,
-            "logits": z.detach(),
-        }
+        batch.memo = {"logits": z.detach()}  # stored with the samples after the step
         if mems:
             m = mems[0]
             zm = full[n : n + len(m["y"])]
@@ -108,15 +89,3 @@ class DER(Method):
                 replay = Batch(m2["x"], m2["y"], m2["task_ids"])
                 loss = loss + self.beta * self.cross_entropy(z2, replay, task)
         return loss
-
-    def after_step(self) -> None:
-        if self._pending is not None:
-            self.buffer.add(**self._pending)
-            self._pending = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.buffer.load_state_dict(state["buffer"])

@@ -5,15 +5,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from retain.core.buffers import ReservoirBuffer
 from retain.core.distill import logit_mse
 from retain.data.benchmark import Task
-from retain.methods.base import Batch, BenchmarkInfo, Method, register
+from retain.methods._replay import ReplayMethod
+from retain.methods.base import Batch, BenchmarkInfo, register
 from retain.models.continual import ContinualModel
 from retain.models.gating import (
     INFERENCE_MODES,
@@ -87,7 +88,7 @@ def js_divergence(rates: Tensor, eps: float = 1e-12) -> Tensor:
 
 
 @register
-class Dynamos(Method):
+class Dynamos(ReplayMethod):
     """Dynamos (Varma, Arani, Zonooz, VISAPP 2023): replay with agents that drop channels.
 
     **Agents** (:mod:`retain.models.gating`): on every convolution of the gated stages
@@ -163,8 +164,6 @@ class Dynamos(Method):
     """
 
     name = "dynamos"
-    data_parallel = False
-    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
     #: whether the method has agents (the Eq. 8 baseline has none)
     use_agents = True
 
@@ -191,7 +190,7 @@ class Dynamos(Method):
         separate_passes: bool = True,
         loss_heads: str = "seen",
     ) -> None:
-        super().__init__(loss_heads=loss_heads)
+        super().__init__(memory_size, minibatch_size, loss_heads)
         for key, value in (
             ("alpha", alpha),
             ("alpha_p", alpha_p),
@@ -226,11 +225,8 @@ class Dynamos(Method):
         }
         self.gated_stages = None if gated_stages is None else [int(s) for s in gated_stages]
         self.warmup, self.warmup_unit = int(warmup), warmup_unit
-        self.minibatch_size = minibatch_size
         self.separate_passes = bool(separate_passes)
-        self.buffer = ReservoirBuffer(memory_size)
         self.blocks: dict[str, GatedBlock] = {}
-        self._pending: dict[str, Tensor] | None = None
         self._steps = 0  # optimiser steps since the start of training
         self._epochs = 0  # epochs started since the start of training
         self._warm_done = self.warmup == 0
@@ -283,16 +279,8 @@ class Dynamos(Method):
             self._warm_done = True
         return not self._warm_done
 
-    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
-        """The backbone (agents included) and the heads of every task so far (replayed samples
-        train their own heads with either ``loss_heads``)."""
-        assert self.model is not None
-        heads = list(range(task.id + 1))
-        return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
-
-    def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        self._epochs += 1  # runs when the epoch's first batch is drawn
-        yield from super().batches(task, batch_size, generator)
+    def before_epoch(self, task: Task, epoch: int) -> None:
+        self._epochs += 1
 
     def before_task(self, task: Task) -> None:
         super().before_task(task)
@@ -349,7 +337,7 @@ class Dynamos(Method):
         warm = self.in_warmup
         mem = None
         if not warm and not self.buffer.is_empty:
-            mem = self.buffer.sample(self.minibatch_size or n)
+            mem = self.buffer.sample(self.memory_batch_size(batch))
         with self.gating(not warm):
             full, recs = self._forward(batch.x, None if mem is None else mem["x"])
         seen = sum(model.classes_per_task[: self.current_task + 1])
@@ -381,24 +369,15 @@ class Dynamos(Method):
                 )
         if recs:
             self._track_training(recs, batch, mem)
-        self._pending = None
-        if not warm:
-            self._pending = {
-                "x": batch.x,
-                "y": batch.y,
-                "task_ids": batch.task_ids,
-                "logits": full[:n].detach(),
-                "keep": correct.detach(),
-            }
+        if not warm:  # stored with the samples after the step (not during the warm-up)
+            batch.memo = {"logits": full[:n].detach(), "keep": correct.detach()}
             if recs:
-                self._pending["attention"] = torch.cat([r.attention[:n] for r in recs], 1).detach()
+                batch.memo["attention"] = torch.cat([r.attention[:n] for r in recs], 1).detach()
         return loss
 
-    def after_step(self) -> None:
+    def after_step(self, batch: Batch, task: Task) -> None:
         self._steps += 1
-        if self._pending is not None:
-            self.buffer.add(**self._pending)
-            self._pending = None
+        super().after_step(batch, task)
 
     # ------------------------------------------------------------------ analysis
     @torch.no_grad()
@@ -511,7 +490,6 @@ class Dynamos(Method):
     def state_dict(self) -> dict[str, Any]:
         return {
             **super().state_dict(),
-            "buffer": self.buffer.state_dict(),
             "steps": self._steps,
             "epochs": self._epochs,
             "warm_done": self._warm_done,
@@ -521,9 +499,20 @@ class Dynamos(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.buffer.load_state_dict(state["buffer"])
         self._steps = int(state["steps"])
         self._epochs = int(state["epochs"])
         self._warm_done = bool(state["warm_done"])
         self._train_sum = state["train_sum"]
         self._train_count = state["train_count"]
+
+    def write_artifacts(self, run_dir: Path) -> None:
+        """The modularity analysis (Sec. 6, Figs. 3-4) of the firing rates the run stored in
+        its ``metrics.json`` (:mod:`retain.report.dynamos_analysis`); nothing without agents."""
+        import json
+
+        from retain.engine import runio
+        from retain.report.dynamos_analysis import write_dynamos_analysis
+
+        path = Path(run_dir) / runio.METRICS
+        if path.is_file():
+            write_dynamos_analysis(run_dir, json.loads(path.read_text()).get("method", {}))

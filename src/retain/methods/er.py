@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from retain.core.buffers import ReservoirBuffer
 from retain.data.benchmark import Task
-from retain.methods.base import Batch, Method, register
+from retain.methods._replay import ReplayMethod
+from retain.methods.base import Batch, register
 
 
 def mixed_batch(batch: Batch, memory: dict[str, Tensor]) -> Batch:
@@ -22,7 +20,7 @@ def mixed_batch(batch: Batch, memory: dict[str, Tensor]) -> Batch:
 
 
 @register
-class ER(Method):
+class ER(ReplayMethod):
     """Experience replay (ER): every batch is trained together with a memory batch.
 
     Chaudhry et al. 2019, "On tiny episodic memories in continual learning" (ER with a
@@ -42,43 +40,18 @@ class ER(Method):
     """
 
     name = "er"
-    data_parallel = False
-    data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
 
     def __init__(
         self, memory_size: int = 200, minibatch_size: int | None = None, loss_heads: str = "seen"
     ) -> None:
-        super().__init__(loss_heads=loss_heads)
-        self.buffer = ReservoirBuffer(memory_size)
-        self.minibatch_size = minibatch_size
-        self._pending: Batch | None = None
-
-    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
-        """The backbone and the heads of every task so far: replayed samples train their own
-        heads with either ``loss_heads``."""
-        assert self.model is not None
-        heads = list(range(task.id + 1))
-        return list(self.model.backbone.parameters()) + self.model.head_parameters(heads)
+        super().__init__(memory_size, minibatch_size, loss_heads)
 
     def memory_batch(self, batch: Batch) -> Batch:
         """``batch`` plus a memory batch (just ``batch`` while the buffer is empty)."""
         if self.buffer.is_empty:
             return batch
-        return mixed_batch(batch, self.buffer.sample(self.minibatch_size or len(batch)))
+        return mixed_batch(batch, self.buffer.sample(self.memory_batch_size(batch)))
 
     def loss(self, batch: Batch, task: Task) -> Tensor:
-        self._pending = batch
+        batch.memo = {}  # the stream samples enter the buffer after the step
         return super().loss(self.memory_batch(batch), task)
-
-    def after_step(self) -> None:
-        if self._pending is not None:
-            b = self._pending
-            self.buffer.add(b.x, b.y, b.task_ids)
-            self._pending = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "buffer": self.buffer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.buffer.load_state_dict(state["buffer"])

@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
-from retain.methods.base import Batch, Method, register
-
-if TYPE_CHECKING:
-    from retain.engine.trainer import Trainer
+from retain.methods.base import Batch, Method, TaskTrainer, register
 
 
 @register
@@ -30,21 +25,16 @@ class Joint(Method):
     """
 
     name = "joint"
+    train_seen_heads = True  # every seen task's samples train their own heads
 
     def __init__(self, loss_heads: str = "seen") -> None:
         super().__init__(loss_heads=loss_heads)
         self._seen: list[Task] = []
 
-    def train_task(self, task: Task, trainer: Trainer) -> None:
+    def train_task(self, task: Task, trainer: TaskTrainer) -> None:
         # the tasks so far come from the benchmark itself, so nothing needs checkpointing
         self._seen = trainer.benchmark.tasks[: task.id + 1]
         trainer.train_epochs(task)
-
-    def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
-        assert self.model is not None
-        return list(self.model.backbone.parameters()) + self.model.head_parameters(
-            list(range(task.id + 1))
-        )
 
     def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         seen = self._seen or [task]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from retain.core.distill import kd_cross_entropy
+from retain.core.distill import frozen_copy, kd_cross_entropy
 from retain.data.benchmark import Task
 from retain.methods.base import Batch, Method, register
 
@@ -93,15 +92,7 @@ class LwF(Method):
 
     def after_task(self, task: Task) -> None:
         assert self.model is not None
-        self.old_model = self._frozen_copy()
-
-    def _frozen_copy(self) -> torch.nn.Module:
-        assert self.model is not None
-        old = copy.deepcopy(self.model)
-        old.eval()
-        for p in old.parameters():
-            p.requires_grad_(False)
-        return old
+        self.old_model = frozen_copy(self.model)
 
     def state_dict(self) -> dict[str, Any]:
         old = None if self.old_model is None else self.old_model.state_dict()
@@ -112,5 +103,5 @@ class LwF(Method):
         if state["old_model"] is None:
             self.old_model = None
         else:
-            self.old_model = self._frozen_copy()
+            self.old_model = frozen_copy(self.model)
             self.old_model.load_state_dict(state["old_model"])

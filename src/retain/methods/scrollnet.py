@@ -7,12 +7,13 @@ ICCV-W 2023 (Sections 3.1-3.3, 4.1).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from retain.data.benchmark import Task
-from retain.methods.base import Batch, BenchmarkInfo, Method, register
+from retain.methods.base import Batch, BenchmarkInfo, Method, TaskTrainer, register
 from retain.models.slimmable import (
     get_splits,
     make_slimmable,
@@ -24,7 +25,6 @@ from retain.models.slimmable import (
 if TYPE_CHECKING:
     import torch
 
-    from retain.engine.trainer import Trainer
     from retain.models.continual import ContinualModel
 
 
@@ -147,6 +147,14 @@ class ScrollNet(Method):
         self.base.before_task(task)
         set_scroll(self._layers, self.scroll_for(task.id))
 
+    def resume_task(self, task: Task) -> None:
+        """The scroll is restored with the model (``_extra_state``); the base resumes."""
+        super().resume_task(task)
+        self.base.resume_task(task)
+
+    def before_epoch(self, task: Task, epoch: int) -> None:
+        self.base.before_epoch(task, epoch)
+
     def after_task(self, task: Task) -> None:
         self.base.after_task(task)
 
@@ -156,7 +164,7 @@ class ScrollNet(Method):
     def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         return self.base.batches(task, batch_size, generator)
 
-    def train_task(self, task: Task, trainer: Trainer) -> None:
+    def train_task(self, task: Task, trainer: TaskTrainer) -> None:
         # the trainer calls ``trainer.method.loss``, i.e. this wrapper's loss
         self.base.train_task(task, trainer)
 
@@ -170,17 +178,14 @@ class ScrollNet(Method):
         return total
 
     def subnet_loss(self, batch: Batch, task: Task) -> Tensor:
-        """The loss of one narrower sub-network (the active width): the base's
-        ``subnet_loss`` if it has one, else its plain classification loss; plus its
-        ``regularizer()`` when ``penalty_per_width``. With ``narrow_loss="base"``: the base's
-        whole loss."""
+        """The loss of one narrower sub-network (the active width): the base's plain
+        classification loss, plus its :meth:`~retain.methods.Method.regularizer` when
+        ``penalty_per_width``. With ``narrow_loss="base"``: the base's whole loss."""
         if self.narrow_loss == "base":
             return self.base.loss(batch, task)
-        own = getattr(self.base, "subnet_loss", None)
-        loss = own(batch, task) if own is not None else Method.loss(self.base, batch, task)
+        loss = Method.loss(self.base, batch, task)
         if self.penalty_per_width:
-            regularizer = getattr(self.base, "regularizer", None)
-            reg = regularizer() if regularizer is not None else None
+            reg = self.base.regularizer()
             if reg is not None:
                 loss = loss + reg
         return loss
@@ -191,11 +196,11 @@ class ScrollNet(Method):
     def cross_entropy(self, logits: Tensor, batch: Batch, task: Task) -> Tensor:
         return self.base.cross_entropy(logits, batch, task)
 
-    def after_backward(self) -> None:
-        self.base.after_backward()
+    def after_backward(self, batch: Batch, task: Task) -> None:
+        self.base.after_backward(batch, task)
 
-    def after_step(self) -> None:
-        self.base.after_step()
+    def after_step(self, batch: Batch, task: Task) -> None:
+        self.base.after_step(batch, task)
 
     # ------------------------------------------------------------------ inference
     def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
@@ -212,6 +217,9 @@ class ScrollNet(Method):
         if self.splits > 1:
             out["scroll"] = self.scroll_for(self.current_task)
         return out
+
+    def write_artifacts(self, run_dir: Path) -> None:
+        self.base.write_artifacts(run_dir)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
