@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +54,9 @@ from retain.core.structured import (
 )
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
-from retain.methods.base import BenchmarkInfo, Method, register
+from retain.methods.base import Batch, BenchmarkInfo, Method, TaskTrainer, register
 
 if TYPE_CHECKING:
-    from retain.engine.trainer import Trainer
     from retain.models.continual import ContinualModel
 
 PRUNINGS = ("l1", "l2", "taylor")
@@ -110,6 +109,9 @@ class Eidetic(Method):
 
     name = "eidetic"
     task_agnostic = True
+    #: ``--smoke``: one patience step and recovery epoch, big pruning steps (few rounds)
+    smoke_caps: ClassVar[dict[str, float]] = {"patience": 1, "max_recovery_epochs": 1}
+    smoke_floors: ClassVar[dict[str, float]] = {"step": 0.3}
     data_parallel = False
     data_parallel_note = "it trains with a prune-and-recover loop of its own"
 
@@ -177,8 +179,6 @@ class Eidetic(Method):
         self.finished = -1  # last task whose neurons were claimed
         self.phase = -1  # owner id of the phase being trained (a task id, or n_tasks: router)
         self.history: list[dict[str, Any]] = []
-        #: the run's (amp, device, gradient scaler), set by :meth:`train_task`; none from the API
-        self._precision: tuple[str, Any, Any] = ("off", None, None)
         self.router_accuracy: dict[str, float] = {}
 
     # ================================================================== setup and ownership
@@ -278,11 +278,11 @@ class Eidetic(Method):
         return list(model.backbone.parameters()) + list(self.router.parameters())
 
     # ================================================================== training hooks
-    def after_backward(self) -> None:
+    def after_backward(self, batch: Batch, task: Task) -> None:
         if self.guard is not None:
             self.guard.mask_grads()
 
-    def after_step(self) -> None:
+    def after_step(self, batch: Batch, task: Task) -> None:
         if self.guard is not None:
             self.guard.restore()
 
@@ -348,53 +348,43 @@ class Eidetic(Method):
 
     def _epoch(
         self,
+        trainer: TaskTrainer,
+        task: Task | None,
         forward: Callable[[Tensor], Tensor],
-        batches: Batches,
+        batches: Iterable[Batch] | None,
         optimizer: torch.optim.Optimizer,
         n_classes: int,
     ) -> tuple[float, float]:
-        """One epoch of training; returns (mean loss, training accuracy over the epoch)."""
+        """One epoch of ``Trainer.run_epoch`` with cross-entropy on ``forward``; returns (mean
+        loss, training accuracy over the epoch, macro or micro)."""
         model, _, _ = self._require()
-        model.train()
         if self.router is not None:
-            self.router.train()
+            self.router.train()  # (the trainer sets the model's mode)
         device = next(model.parameters()).device
         correct = torch.zeros(n_classes, dtype=torch.long, device=device)
         total = torch.zeros(n_classes, dtype=torch.long, device=device)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        from retain.engine.device import autocast
 
-        amp, amp_device, scaler = self._precision  # fp16 comes with a gradient scaler
-        for x, y in batches():
-            x, y = x.to(device), y.to(device)  # lazy images and the router's mixed batches
-            with autocast(amp, amp_device):
-                logits = forward(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            (loss if scaler is None else scaler.scale(loss)).backward()
-            self.after_backward()
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            self.after_step()
-            hit = logits.detach().argmax(1) == y
-            total += torch.bincount(y, minlength=n_classes)
-            correct += torch.bincount(y[hit], minlength=n_classes)
-            loss_sum += loss.detach() * len(y)
+        def count(logits: Tensor, batch: Batch) -> None:
+            y = batch.y.to(device)
+            hit = logits.argmax(1) == y
+            total.add_(torch.bincount(y, minlength=n_classes))
+            correct.add_(torch.bincount(y[hit], minlength=n_classes))
+
+        loss = trainer.run_epoch(task, optimizer, batches=batches, forward=forward, metric=count)
         n = int(total.sum())
         if self.macro_accuracy:
             seen = total > 0
             acc = float((correct[seen].double() / total[seen].double()).mean())
         else:
             acc = float(correct.sum()) / max(n, 1)
-        return float(loss_sum) / max(n, 1), acc
+        return loss, acc
 
     def _train_phase(
         self,
+        trainer: TaskTrainer,
+        task: Task | None,
         forward: Callable[[Tensor], Tensor],
-        batches: Batches,
+        batches: Callable[[], Iterable[Batch]] | None,
         score_batches: Batches | None,
         optimizer: torch.optim.Optimizer,
         n_classes: int,
@@ -402,7 +392,9 @@ class Eidetic(Method):
         prune: bool,
         log: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Pre-train with early stopping, then (if ``prune``) the prune-and-recover loop."""
+        """Pre-train with early stopping, then (if ``prune``) the prune-and-recover loop. Every
+        epoch is one ``trainer.run_epoch`` over ``batches()`` (``None``: the method's own
+        batches of ``task``)."""
         _, masks, _ = self._require()
         phase = self.phase
         epoch = 0
@@ -410,7 +402,8 @@ class Eidetic(Method):
         def run(kind: str) -> float:
             nonlocal epoch
             t0 = time.perf_counter()
-            loss, acc = self._epoch(forward, batches, optimizer, n_classes)
+            data = None if batches is None else batches()
+            loss, acc = self._epoch(trainer, task, forward, data, optimizer, n_classes)
             if log is not None:
                 log(
                     {
@@ -501,9 +494,17 @@ class Eidetic(Method):
         if task_id != self.phase:
             raise RuntimeError(f"call prepare_for_task({task_id}) first")
         batches, score_batches = _batch_sources(data, batch_size, generator)
+        trainer = _standalone_trainer(model, self)
+
+        def task_batches() -> Iterator[Batch]:
+            for x, y in batches():
+                yield Batch(x, y, torch.full_like(y, task_id), task_id)
+
         summary = self._train_phase(
+            trainer,
+            data if isinstance(data, Task) else None,
             lambda x: model(x, task_id=task_id),
-            batches,
+            task_batches,
             score_batches,
             optimizer,
             model.classes_per_task[task_id],
@@ -518,26 +519,24 @@ class Eidetic(Method):
         self.history = [h for h in self.history if h["phase"] != phase]
         self.history.append({"phase": phase, **summary})
 
-    def train_task(self, task: Task, trainer: Trainer) -> None:
+    def train_task(self, task: Task, trainer: TaskTrainer) -> None:
         """The engine's entry point: :meth:`fit_task` with the run's optimiser settings and
-        batch order; after the last task, also the router phase. ``epochs`` caps pre-training
-        (early stopping usually ends it sooner); ``lr_milestones`` are not used. Runs resume at
-        task boundaries (``fit(..., resume=True)``); no checkpoint is written inside a task."""
+        batch order, every epoch one ``trainer.run_epoch`` (so the run's augmentation, mixed
+        precision and progress apply); after the last task, also the router phase. ``epochs``
+        caps pre-training (early stopping usually ends it sooner); ``lr_milestones`` are not
+        used. Runs resume at task boundaries; no checkpoint is written inside a task."""
         model, _, _ = self._require()
         cfg = trainer.config
-        self._precision = (cfg.amp, trainer.device, trainer.scaler)
         optimizer = trainer.make_optimizer(self.trainable_parameters(task))
-
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            for b in self.batches(task, cfg.batch_size, trainer.generator):
-                yield trainer.augmented(b.x), b.y
 
         def score_batches() -> Iterator[tuple[Tensor, Tensor]]:
             return iterate_batches((task.x_train, task.y_train), cfg.batch_size, shuffle=False)
 
         summary = self._train_phase(
+            trainer,
+            task,
             lambda x: model(x, task_id=task.id),
-            batches,
+            None,
             score_batches if self.pruning == "taylor" else None,
             optimizer,
             model.classes_per_task[task.id],
@@ -556,6 +555,7 @@ class Eidetic(Method):
                 max_epochs=self.router_epochs or cfg.epochs,
                 generator=trainer.generator,
                 log=trainer.events.append,
+                trainer=trainer,
             )
 
     # ================================================================== routing
@@ -567,12 +567,14 @@ class Eidetic(Method):
         max_epochs: int = 100,
         generator: torch.Generator | None = None,
         log: Callable[[dict[str, Any]], None] | None = None,
+        trainer: TaskTrainer | None = None,
     ) -> dict[str, Any]:
         """The final phase: a task classifier on the penultimate features, trained on every
         task's training inputs labelled with their task id, with the still-free neurons (then
         claimed by the router) and early stopping, not pruned. ``tasks[t]`` is a Task or the
         ``(x, y)`` training pair of task ``t`` (labels unused). ``optimizer`` should hold
-        :meth:`router_parameters`."""
+        :meth:`router_parameters`. ``trainer``: the engine's (from :meth:`train_task`; its
+        augmentation and precision apply), else a plain fp32 one."""
         model, _, _ = self._require()
         assert self.router is not None
         T = model.n_tasks
@@ -589,10 +591,13 @@ class Eidetic(Method):
             ]
         router = self.router
 
-        def batches() -> Iterator[tuple[Tensor, Tensor]]:
-            return _mixed_batches(xs, batch_size, g)
+        def batches() -> Iterator[Batch]:
+            for x, t in _mixed_batches(xs, batch_size, g):
+                yield Batch(x, t, t)
 
         summary = self._train_phase(
+            trainer if trainer is not None else _standalone_trainer(model, self),
+            None,
             lambda x: router(model.features(x)),
             batches,
             None,
@@ -722,6 +727,13 @@ class Eidetic(Method):
 
 
 # ====================================================================================== data
+def _standalone_trainer(model: ContinualModel, method: Eidetic) -> TaskTrainer:
+    """The engine's trainer for the API without :func:`retain.fit` (a user's optimiser)."""
+    from retain.engine.trainer import Trainer
+
+    return Trainer.standalone(model, method)
+
+
 def _batch_sources(
     data: Task | tuple[Tensor, Tensor] | Iterable[tuple[Tensor, Tensor]],
     batch_size: int,
