@@ -289,7 +289,7 @@ def test_buffer_admits_only_correct_predictions_with_their_logits_and_attention(
     m.records = spy
     batch = _first_batch(m, task, bs=12)
     m.loss(batch, task)
-    m.after_step()
+    m.after_step(batch, task)
     stored = m.buffer.get_all()
     assert m.buffer.seen == 12  # the reservoir counter advances for every sample
     assert (batch.y == 0).sum() == len(stored["y"]) > 0  # only the correct ones are written
@@ -314,7 +314,7 @@ def test_memory_terms_use_one_memory_batch_with_attention_consistency(separate):
     g = torch.Generator().manual_seed(0)
     for batch in m.batches(task, 8, g):  # fill the buffer
         m.loss(batch, task).backward()
-        m.after_step()
+        m.after_step(batch, task)
     assert not m.buffer.is_empty
     batch = _first_batch(m, task, bs=8)
     # every memory term switched off but the attention consistency: its value is the MSE
@@ -357,7 +357,7 @@ def test_warmup_bypasses_agents_and_buffer_then_never_returns():
         else:
             assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent_params)
         opt.step()
-        m.after_step()
+        m.after_step(batch, task)
         assert m.buffer.seen == (0 if step < 3 else 8 * (step - 2))
     m.after_task(task)
     assert not m.in_warmup
@@ -383,11 +383,12 @@ def test_warmup_in_epochs():
     m.before_task(task)
     g = torch.Generator().manual_seed(0)
     flags = []
-    for _ in range(2):
+    for epoch in range(2):
+        m.before_epoch(task, epoch)  # counts the epochs of the warm-up
         for batch in m.batches(task, 8, g):
             flags.append(m.in_warmup)
             m.loss(batch, task)
-            m.after_step()
+            m.after_step(batch, task)
     assert flags == [True] * 3 + [False] * 3
 
 

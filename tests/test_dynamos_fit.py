@@ -44,8 +44,8 @@ class _Crash(Exception):
 
 def _crashing(n, **kw):
     class Crashing(type(make_method("dynamos"))):
-        def after_step(self):
-            super().after_step()
+        def after_step(self, batch, task):
+            super().after_step(batch, task)
             self.steps = getattr(self, "steps", 0) + 1
             if self.steps == n:
                 raise _Crash
@@ -89,13 +89,14 @@ def test_own_loop_with_the_hooks_gives_fits_weights():
         m.before_task(task)
         opt = torch.optim.SGD(m.trainable_parameters(task), lr=0.05)
         model_b.train()
+        m.before_epoch(task, 0)
         for batch in m.batches(task, 8, g):
             loss = m.loss(batch, task)
             opt.zero_grad()
             loss.backward()
-            m.after_backward()
+            m.after_backward(batch, task)
             opt.step()
-            m.after_step()
+            m.after_step(batch, task)
         m.after_task(task)
     for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), k

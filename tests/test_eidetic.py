@@ -144,11 +144,11 @@ class Scripted(Eidetic):
         self.accs = list(accs)
         self.after_prune = []  # (n_pruned, weights) when each iteration's recovery ends
 
-    def _epoch(self, forward, batches, optimizer, n_classes):
+    def _epoch(self, trainer, task, forward, batches, optimizer, n_classes):
         with torch.no_grad():
             for p in self.model.backbone.parameters():
                 p.add_(0.01)
-        self.after_step()  # keep frozen / pruned entries as the real loop does
+        self.after_step(None, task)  # keep frozen / pruned entries as the real loop does
         return 0.0, self.accs.pop(0)
 
     def prune_step(self, data=None):

@@ -129,7 +129,7 @@ class CrashAfter(Method):
         self.n = n
         self.steps = 0
 
-    def after_step(self) -> None:
+    def after_step(self, batch, task) -> None:
         self.steps += 1
         if self.steps == self.n:
             raise Crash

@@ -32,14 +32,15 @@ def _train_task(method, task, epochs=5, lr=0.1, batch_size=16, seed=0):
     method.before_task(task)
     opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        method.before_epoch(task, epoch)
         for batch in method.batches(task, batch_size, g):
             loss = method.loss(batch, task)
             opt.zero_grad()
             loss.backward()
-            method.after_backward()
+            method.after_backward(batch, task)
             opt.step()
-            method.after_step()
+            method.after_step(batch, task)
     method.after_task(task)
 
 
@@ -88,10 +89,10 @@ def test_agem_hook_projects_training_gradient_against_memory_gradient():
         g_ref = torch.cat(
             [
                 (r if r is not None else torch.zeros_like(p)).reshape(-1)
-                for r, p in zip(m.reference_gradient(params), params)
+                for r, p in zip(m.reference_gradient(params, t1), params)
             ]
         )
-        m.after_backward()
+        m.after_backward(batch, t1)
         return g, g_ref, _flat_grad(params)
 
     # new-task batches conflict with the memory (projected) or not (left exactly as they were)
@@ -129,7 +130,7 @@ def test_der_stores_logits_at_insertion_and_its_loss_is_mse_to_them():
     opt.zero_grad()
     loss.backward()
     opt.step()
-    m.after_step()
+    m.after_step(b1, t0)
     stored = m.buffer.get_all()
     assert torch.equal(stored["x"], b1.x)
     assert torch.allclose(stored["logits"], z_before)  # all heads, as they were before the step
@@ -331,8 +332,8 @@ def _crashing(name, n, **kw):
     cls = type(make_method(name, **kw))
 
     class Crashing(cls):
-        def after_step(self):
-            super().after_step()
+        def after_step(self, batch, task):
+            super().after_step(batch, task)
             self.steps = getattr(self, "steps", 0) + 1
             if self.steps == n:
                 raise _Crash
@@ -374,15 +375,16 @@ def test_own_loop_with_the_hooks_gives_fits_weights(name):
     for task in bench:
         m.before_task(task)
         opt = torch.optim.SGD(m.trainable_parameters(task), lr=0.1)
-        for _ in range(2):
+        for epoch in range(2):
             model_b.train()
+            m.before_epoch(task, epoch)
             for batch in m.batches(task, 16, g):
                 loss = m.loss(batch, task)
                 opt.zero_grad()
                 loss.backward()
-                m.after_backward()
+                m.after_backward(batch, task)
                 opt.step()
-                m.after_step()
+                m.after_step(batch, task)
         m.after_task(task)
     for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
         assert torch.equal(a, b), k

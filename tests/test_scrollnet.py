@@ -29,15 +29,16 @@ def _train_task(method, task, steps=3, lr=0.1):
     method.before_task(task)
     opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
     g = torch.Generator().manual_seed(0)
+    method.before_epoch(task, 0)
     for i, batch in enumerate(method.batches(task, 16, g)):
         if i == steps:
             break
         loss = method.loss(batch, task)
         opt.zero_grad()
         loss.backward()
-        method.after_backward()
+        method.after_backward(batch, task)
         opt.step()
-        method.after_step()
+        method.after_step(batch, task)
     method.after_task(task)
 
 
@@ -118,19 +119,25 @@ def test_narrow_loss_base_runs_the_whole_base_loss_at_every_width(bench):
         ScrollNet(narrow_loss="nope")
 
 
-def test_base_subnet_loss_hook_is_used(bench):
+def test_base_regularizer_is_added_once_per_narrower_width(bench):
+    """``Method.regularizer`` is a base member (not found by getattr): with
+    ``penalty_per_width`` ScrollNet adds it to each of the K - 1 narrower widths' losses."""
     calls = []
 
-    class WithSubnet(Finetune):
-        def subnet_loss(self, batch, task):
+    class WithPenalty(Finetune):
+        def regularizer(self):
             calls.append(slimmable_modules(self.model)[0].width)
-            return torch.zeros(())
+            return torch.ones(())
 
-    method = ScrollNet(WithSubnet(), splits=4)
-    method.setup(_model(bench), None)
-    method.before_task(bench[0])
-    batch = next(method.batches(bench[0], 16, torch.Generator().manual_seed(0)))
-    torch.testing.assert_close(method.loss(batch, bench[0]), method.base.loss(batch, bench[0]))
+    losses = []
+    for per_width in (False, True):
+        torch.manual_seed(0)
+        method = ScrollNet(WithPenalty(), splits=4, penalty_per_width=per_width)
+        method.setup(_model(bench), None)
+        method.before_task(bench[0])
+        batch = next(method.batches(bench[0], 16, torch.Generator().manual_seed(0)))
+        losses.append(method.loss(batch, bench[0]))
+    torch.testing.assert_close(losses[1] - losses[0], torch.tensor(3.0))
     assert calls == [3, 2, 1]  # descending widths, as the official code
 
 
@@ -231,7 +238,7 @@ class CrashAfter(Finetune):
         self.n = n
         self.steps = 0
 
-    def after_step(self) -> None:
+    def after_step(self, batch, task) -> None:
         self.steps += 1
         if self.steps == self.n:
             raise Crash
@@ -263,7 +270,7 @@ def _crashing_lwf(n):
     class CrashingLwF(LwF):
         steps = 0
 
-        def after_step(self):
+        def after_step(self, batch, task):
             self.steps += 1
             if self.steps == n:
                 raise Crash
