@@ -50,10 +50,6 @@ class Task:
     def n_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def global_classes(self) -> range:
-        return range(self.class_offset, self.class_offset + self.n_classes)
-
     def validate(self) -> None:
         """Check shapes, dtypes and label ranges; raise :class:`DataError` with one clear line."""
         where = f"task {self.id}"

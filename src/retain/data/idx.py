@@ -102,6 +102,17 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     return parse_idx(_read_bytes(path), str(path))
 
 
+def find_idx(folder: Path, stem: str) -> Path | None:
+    """The IDX file ``stem`` in ``folder`` under any of its usual names: ``stem``, ``stem.gz``,
+    or the original site's ``train-images.idx3-ubyte`` spelling (plain or ``.gz``); None if
+    there is none."""
+    dotted = stem.replace("-idx", ".idx")
+    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write ``array`` as an IDX file, gzip-compressed when ``path`` ends in ``.gz``.
 

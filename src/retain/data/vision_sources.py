@@ -18,14 +18,14 @@ accepts the dataset's own folder as ``root``. Every loader returns a
 :class:`~retain.data.sources.RawData` of uint8 images ``(N, C, H, W)`` and int64 labels, never
 downloads unless ``download=True`` (see :mod:`retain.data.download`), and raises
 :class:`~retain.data.DataError` in one line for a missing, wrong or truncated file. Parsed files
-are cached per process (keyed by path, size and mtime); each call returns fresh copies. Image
+are cached per process (:mod:`retain.data.file_cache`, keyed by path, size and mtime; cleared by
+:func:`~retain.data.clear_cache`); each call returns fresh copies. Image
 folders are decoded once into a uint8 array cache (:mod:`retain.data.lazy`), which
 ``lazy=True`` keeps memory-mapped instead of loading.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Callable
@@ -36,10 +36,12 @@ import numpy as np
 import torch
 
 from retain.data.benchmark import DataError
-from retain.data.download import SOURCES, data_root, download, missing
-from retain.data.idx import read_idx
+from retain.data.download import data_root, download, missing
+from retain.data.file_cache import fingerprint, parsed
+from retain.data.idx import find_idx, read_idx
 from retain.data.lazy import cached_images
-from retain.data.sources import RawData, _find_idx, _unpickle, load_cifar, stratified_split
+from retain.data.safe_pickle import load_pickle
+from retain.data.sources import RawData, load_cifar, stratified_split
 
 #: Published per-channel statistics of the training sets (mean, std), used by ``normalize=True``.
 STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -53,10 +55,6 @@ STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 PathLike = str | os.PathLike
-
-
-def _fingerprint(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
-    return tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
 
 
 def _locate(
@@ -107,15 +105,15 @@ def load_mnist(root: PathLike | None = None, download: bool = False) -> RawData:
         root,
         download,
         lambda b: _first_with(
-            b, ("MNIST/raw", "mnist"), lambda f: all(_find_idx(f, s) for s in _MNIST_STEMS)
+            b, ("MNIST/raw", "mnist"), lambda f: all(find_idx(f, s) for s in _MNIST_STEMS)
         ),
         "no folder holds " + ", ".join(s + "[.gz]" for s in _MNIST_STEMS),
     )
-    paths = [_find_idx(folder, s) for s in _MNIST_STEMS]
-    return _mnist_cached(_fingerprint(paths)).clone()  # type: ignore[arg-type]
+    paths = [find_idx(folder, s) for s in _MNIST_STEMS]
+    return _mnist_cached(fingerprint(paths)).clone()  # type: ignore[arg-type]
 
 
-@functools.lru_cache(maxsize=2)
+@parsed(maxsize=2)
 def _mnist_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
     arrays = [read_idx(name) for name, _, _ in files]
     out = []
@@ -130,14 +128,6 @@ def _mnist_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
             raise DataError(f"{yname}: labels must be 0..9, found {int(y.max())}")
         out += [torch.from_numpy(x.copy()).unsqueeze(1), torch.from_numpy(y.astype(np.int64))]
     return RawData(*out)
-
-
-def clear_cache() -> None:
-    """Forget the MNIST, CIFAR-100 and SVHN files parsed so far (the per-process caches keyed by
-    path, size and mtime); :func:`retain.data.sources.clear_cache` calls this too."""
-    _mnist_cached.cache_clear()
-    _cifar100_cached.cache_clear()
-    _svhn_cached.cache_clear()
 
 
 # --------------------------------------------------------------------------- CIFAR (pickles)
@@ -189,16 +179,16 @@ def load_cifar100(root: PathLike | None = None, download: bool = False) -> Cifar
         ),
         "no folder holds the files train and test",
     )
-    got = _cifar100_cached(_fingerprint([folder / "train", folder / "test"]))
+    got = _cifar100_cached(fingerprint([folder / "train", folder / "test"]))
     return Cifar100(got.data.clone(), got.coarse_train.clone(), got.coarse_test.clone())
 
 
-@functools.lru_cache(maxsize=2)
+@parsed(maxsize=2)
 def _cifar100_cached(files: tuple[tuple[str, int, int], ...]) -> Cifar100:
     parts = []
     for name, _, _ in files:
         path = Path(name)
-        batch = _unpickle(path)
+        batch = load_pickle(path)
         for key in (b"data", b"fine_labels", b"coarse_labels"):
             if key not in batch:
                 have = sorted(k.decode() if isinstance(k, bytes) else str(k) for k in batch)
@@ -257,10 +247,10 @@ def load_svhn(root: PathLike | None = None, download: bool = False) -> RawData:
         lambda b: _first_with(b, ("svhn", "SVHN"), lambda f: all((f / n).is_file() for n in names)),
         "no folder holds " + " and ".join(names),
     )
-    return _svhn_cached(_fingerprint([folder / n for n in names])).clone()
+    return _svhn_cached(fingerprint([folder / n for n in names])).clone()
 
 
-@functools.lru_cache(maxsize=2)
+@parsed(maxsize=2)
 def _svhn_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
     try:
         from scipy.io import loadmat
@@ -534,8 +524,3 @@ def load_notmnist(
         torch.from_numpy(x[test_idx]),
         torch.from_numpy(y[test_idx]),
     )
-
-
-def expected_folder(name: str, root: PathLike | None = None) -> Path:
-    """Where dataset ``name`` (a key of :data:`retain.data.download.SOURCES`) is looked for."""
-    return data_root(root) / SOURCES[name].folder
