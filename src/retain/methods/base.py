@@ -211,7 +211,8 @@ class Method:
         if self.loss_heads == "task" and batch.task is not None:
             # one task's samples: its own head only (same as masking the other heads' logits)
             return F.cross_entropy(self.model(batch.x, task_id=batch.task), batch.y)
-        return self.cross_entropy(self.forward_train(batch), batch, task)
+        logits = self.model(batch.x, upto=self.current_task + 1)  # every head seen so far
+        return self.cross_entropy(logits, batch, task)
 
     def regularizer(self) -> Tensor | None:
         """The loss term that does not depend on the batch (EWC's penalty), included in
@@ -219,14 +220,10 @@ class Method:
         it once per narrower width (``penalty_per_width``)."""
         return None
 
-    def forward_train(self, batch: Batch) -> Tensor:
-        """Logits used by :meth:`cross_entropy`: all heads seen so far, concatenated."""
-        assert self.model is not None
-        return self.model(batch.x, upto=self.current_task + 1)
-
     def cross_entropy(self, logits: Tensor, batch: Batch, task: Task) -> Tensor:
-        """CE on concatenated logits of heads ``0..t``: restricted to each sample's own task's
-        outputs (``loss_heads="task"``) or over all of them with global labels (``"seen"``)."""
+        """A helper (not a hook): CE on concatenated logits of heads ``0..t``, restricted to
+        each sample's own task's outputs (``loss_heads="task"``) or over all of them with
+        global labels (``"seen"``)."""
         assert self.model is not None
         if self.model.shared_head:
             return F.cross_entropy(logits, batch.y)

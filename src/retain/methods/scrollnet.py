@@ -55,10 +55,9 @@ class ScrollNet(Method):
         base.loss(batch, task)                       # width K: the base's whole loss
         + sum_{k=K-1..1} subnet_loss_k(batch, task)  # narrower widths, same batch
 
-    where ``subnet_loss`` is the base's classification loss without its extra terms: the
-    base's own ``subnet_loss(batch, task)`` if it defines one, else
+    where ``subnet_loss`` is the base's classification loss without its extra terms,
     :meth:`Method.loss <retain.methods.Method.loss>` applied to the base (cross-entropy per
-    its ``loss_heads``, through its ``forward_train``/``cross_entropy``). So regularisers
+    its ``loss_heads``). So regularisers
     (EWC/MAS/SI penalty) count once per step (Eq. 8 with lambda as given) and distillation
     (LwF) is applied on the full-width pass only, as the official LwF code (Eq. 7). With
     ``penalty_per_width=True`` a base exposing ``regularizer()`` (EWC, MAS, SI) has it added
@@ -189,12 +188,6 @@ class ScrollNet(Method):
             if reg is not None:
                 loss = loss + reg
         return loss
-
-    def forward_train(self, batch: Batch) -> Tensor:
-        return self.base.forward_train(batch)
-
-    def cross_entropy(self, logits: Tensor, batch: Batch, task: Task) -> Tensor:
-        return self.base.cross_entropy(logits, batch, task)
 
     def after_backward(self, batch: Batch, task: Task) -> None:
         self.base.after_backward(batch, task)
