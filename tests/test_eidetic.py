@@ -144,7 +144,7 @@ class Scripted(Eidetic):
         self.accs = list(accs)
         self.after_prune = []  # (n_pruned, weights) when each iteration's recovery ends
 
-    def _epoch(self, trainer, task, forward, batches, optimizer, n_classes):
+    def _epoch(self, trainer, task, forward, batches, optimizer, n_classes, bar=None):
         with torch.no_grad():
             for p in self.model.backbone.parameters():
                 p.add_(0.01)

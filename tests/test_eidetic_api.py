@@ -209,6 +209,8 @@ def test_eidetic_uses_the_runs_augmentation_and_mixed_precision():
         if module.training:
             seen.setdefault("inputs", []).append(args[0].detach().flatten(1))
             seen.setdefault("dtypes", set()).add(out.dtype)
+            if eid.phase == bench.n_tasks:  # the router phase
+                seen.setdefault("router", []).append(args[0].detach().flatten(1))
 
     for augment, amp in (({}, "off"), ({"crop": 2, "flip": True}, "bf16")):
         seen.clear()
@@ -223,7 +225,15 @@ def test_eidetic_uses_the_runs_augmentation_and_mixed_precision():
         is_stored = (
             (torch.cdist(inputs, stored, compute_mode=exact).min(1).values < 1e-6).float().mean()
         )
+        routed = torch.cat(seen["router"])
+        routed_stored = (
+            (torch.cdist(routed, stored, compute_mode=exact).min(1).values < 1e-6).float().mean()
+        )
         if augment:
             assert is_stored < 0.5 and seen["dtypes"] == {torch.bfloat16}
+            # the router's batches go through Trainer.run_epoch too: augmented (changed in
+            # the redesign: its own loop used to train the router on the stored images)
+            assert routed_stored < 0.5
         else:
             assert is_stored == 1.0 and seen["dtypes"] == {torch.float32}
+            assert routed_stored == 1.0

@@ -298,6 +298,18 @@ class Trainer:
             total, count = sums[0], int(sums[1])
         return float(total) / max(count, 1)
 
+    def progress_bar(self, task: Task, total: int | None = None) -> tqdm:
+        """The bar of one task's training (samples; ``total=None`` for a procedure whose
+        length is not known in advance); disabled unless the run shows progress."""
+        return tqdm(
+            total=total,
+            desc=f"task {task.id + 1}/{self.benchmark.n_tasks if self.benchmark else '?'}",
+            unit="sample",
+            unit_scale=True,
+            leave=False,
+            disable=not self.progress,
+        )
+
     def train_epochs(self, task: Task, epochs: int | None = None) -> None:
         """The default procedure: ``epochs`` epochs of SGD on ``task`` with a fresh optimiser."""
         epochs = self.config.epochs if epochs is None else epochs
@@ -310,15 +322,7 @@ class Trainer:
                 scheduler.load_state_dict(self._resume["scheduler"])
             start = self._resume["epoch"]
             self._resume = None
-        n_per_epoch = len(task.y_train)
-        bar = tqdm(
-            total=(epochs - start) * n_per_epoch,
-            desc=f"task {task.id + 1}/{self.benchmark.n_tasks}",
-            unit="sample",
-            unit_scale=True,
-            leave=False,
-            disable=not self.progress,
-        )
+        bar = self.progress_bar(task, (epochs - start) * len(task.y_train))
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             self.method.before_epoch(task, epoch)

@@ -354,6 +354,7 @@ class Eidetic(Method):
         batches: Iterable[Batch] | None,
         optimizer: torch.optim.Optimizer,
         n_classes: int,
+        bar: Any = None,
     ) -> tuple[float, float]:
         """One epoch of ``Trainer.run_epoch`` with cross-entropy on ``forward``; returns (mean
         loss, training accuracy over the epoch, macro or micro)."""
@@ -370,7 +371,9 @@ class Eidetic(Method):
             total.add_(torch.bincount(y, minlength=n_classes))
             correct.add_(torch.bincount(y[hit], minlength=n_classes))
 
-        loss = trainer.run_epoch(task, optimizer, batches=batches, forward=forward, metric=count)
+        loss = trainer.run_epoch(
+            task, optimizer, bar, batches=batches, forward=forward, metric=count
+        )
         n = int(total.sum())
         if self.macro_accuracy:
             seen = total > 0
@@ -398,12 +401,13 @@ class Eidetic(Method):
         _, masks, _ = self._require()
         phase = self.phase
         epoch = 0
+        bar = trainer.progress_bar(task) if task is not None else None
 
         def run(kind: str) -> float:
             nonlocal epoch
             t0 = time.perf_counter()
             data = None if batches is None else batches()
-            loss, acc = self._epoch(trainer, task, forward, data, optimizer, n_classes)
+            loss, acc = self._epoch(trainer, task, forward, data, optimizer, n_classes, bar)
             if log is not None:
                 log(
                     {
@@ -436,6 +440,8 @@ class Eidetic(Method):
         summary: dict[str, Any] = {"pretrain_epochs": epoch, "best_acc": best, "iterations": 0}
         if not prune:
             summary["final_acc"] = m
+            if bar is not None:
+                bar.close()
             return summary
 
         snap = None
@@ -465,6 +471,8 @@ class Eidetic(Method):
         summary.update(
             iterations=iterations, final_acc=last_acc, epochs=epoch, pruned=masks.n_pruned()
         )
+        if bar is not None:
+            bar.close()
         return summary
 
     def _should_prune(self, task_id: int) -> bool:
