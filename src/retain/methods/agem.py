@@ -49,6 +49,8 @@ class AGEM(Method):
         minibatch_size: reference batch size (the paper's 256).
         loss_heads: ``"seen"`` (default; one growing head, also for the reference loss) or
             ``"task"``.
+
+    Deviations and choices: docs/methods/agem.md
     """
 
     name = "agem"

@@ -50,6 +50,8 @@ class BiC(ExemplarMethod):
         temperature: distillation temperature (paper: 2).
         bias_iterations: L-BFGS iterations of stage 2.
         selection: ``"herding"`` or ``"random"`` training exemplars.
+
+    Deviations and choices: docs/methods/bic.md
     """
 
     name = "bic"

@@ -13,27 +13,17 @@ from retain.methods.base import Batch, register
 
 @register
 class DER(ReplayMethod):
-    """Dark Experience Replay (DER), Buzzega et al. 2020, "Dark Experience for General
-    Continual Learning: a Strong, Simple Baseline", Eq. 6:
+    """DER: replay that also matches the logits a sample had when it entered the buffer.
+
+    Buzzega, Boschini, Porrello, Abati & Calderara, "Dark Experience for General Continual
+    Learning: a Strong, Simple Baseline", NeurIPS 2020, Eq. 6::
 
         L = CE(f(x), y) over the stream batch  +  alpha * || f(x') - z' ||^2 over a memory batch,
 
     where ``z'`` are the logits the network produced for ``x'`` when ``x'`` entered the
-    reservoir buffer (Vitter's algorithm R, over the whole stream). DER++ (``derpp``, Eq. 7)
-    adds ``beta * CE(f(x''), y'')`` on a second, independent memory batch (``beta`` here; 0 for
-    DER).
-
-    Details: the stored logits are those of the training forward pass of the step the sample
-    was seen in (detached), over the model's whole output, the heads of tasks not yet trained
-    included (as Mammoth's single output layer over all classes). This matters in
-    class-incremental learning: the MSE then also holds a replayed sample's outputs for later
-    classes near the low values they had, which counters the bias towards new classes (with the
-    MSE restricted to the outputs seen at insertion, DER forgets like fine-tuning on blobs).
-    The cross-entropy still covers only the heads of the tasks seen so far (``loss_heads``);
-    with ``loss_heads="task"`` the MSE covers only the sample's own task's outputs. The stream
-    and memory batches share one forward pass (one concatenated batch; the same result as
-    separate passes for networks without batch statistics). Samples enter the buffer in
-    ``after_step``, after the optimiser step.
+    reservoir buffer (Vitter's algorithm R, over the whole stream), over every head. DER++
+    (``derpp``, Eq. 7) adds ``beta * CE(f(x''), y'')`` on a second, independent memory batch
+    (``beta`` here; 0 for DER).
 
     Args:
         memory_size: buffer slots.
@@ -41,6 +31,8 @@ class DER(ReplayMethod):
         beta: weight of the cross-entropy on replayed labels (DER++; 0 is DER).
         minibatch_size: memory samples per term and step (default: the stream batch's size).
         loss_heads: ``"seen"`` (default, one growing head) or ``"task"``.
+
+    Deviations and choices: docs/methods/der.md
     """
 
     name = "der"

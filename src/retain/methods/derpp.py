@@ -8,7 +8,10 @@ from retain.methods.der import DER
 
 @register
 class DERpp(DER):
-    """DER++ (Buzzega et al. 2020, "Dark Experience for General Continual Learning", Eq. 7):
+    """DER++: DER plus a cross-entropy on the labels of a second replayed batch.
+
+    Buzzega, Boschini, Porrello, Abati & Calderara, "Dark Experience for General Continual
+    Learning: a Strong, Simple Baseline", NeurIPS 2020, Eq. 7::
 
         L = CE(f(x), y) + alpha * || f(x') - z' ||^2 + beta * CE(f(x''), y''),
 
@@ -21,6 +24,8 @@ class DERpp(DER):
         beta: weight of the replayed cross-entropy.
         minibatch_size: memory samples per term and step (default: the stream batch's size).
         loss_heads: ``"seen"`` (default, one growing head) or ``"task"``.
+
+    Deviations and choices: docs/methods/der.md
     """
 
     name = "derpp"

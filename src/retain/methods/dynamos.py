@@ -91,47 +91,23 @@ def js_divergence(rates: Tensor, eps: float = 1e-12) -> Tensor:
 class Dynamos(ReplayMethod):
     """Dynamos (Varma, Arani, Zonooz, VISAPP 2023): replay with agents that drop channels.
 
-    **Agents** (:mod:`retain.models.gating`): on every convolution of the gated stages
-    (default: the last stage of a ResNet, the second block of Dynamos' reduced ResNet-18,
-    4 agents) an agent computes a channel-wise attention vector ``v_l`` from the layer's input
-    and keep/drop actions ``a_l ~ Bernoulli(sigmoid(v_l / tau))`` (Eq. 1) while training,
-    ``sigmoid(v_l / tau) > 0.5`` at inference. The actions multiply the convolution's output
-    after BN, before the ReLU (the block's shortcut too by default). :meth:`setup` wraps the
-    backbone's blocks in place (the agents become part of the model and its ``state_dict``).
-
-    **Losses** (Eq. 7), for a stream batch ``B`` and one memory batch ``M``::
+    Varma, Arani & Zonooz, "Dynamically Modular and Sparse General Continual Learning",
+    VISAPP 2023. On every convolution of the gated stages an agent
+    (:mod:`retain.models.gating`) computes a channel-wise attention vector ``v_l`` from the
+    layer's input; the keep/drop actions ``a_l ~ Bernoulli(sigmoid(v_l / tau))`` (Eq. 1;
+    ``sigmoid(v_l / tau) > 0.5`` at inference) multiply the convolution's output after BN,
+    before the ReLU. For a stream batch ``B`` and one memory batch ``M`` (Eq. 7)::
 
         L = CE(B) + gamma L_R(B) + beta [CE(M) + gamma L_R(M)]
             + alpha ||Z'_M - Z_M||^2 + alpha_p ||V'_M - V_M||^2 + w_p [L_P(B) + L_P(M)]
 
-    * ``L_R`` (Eq. 4): REINFORCE over agents, ``-mean_{n,l} R_l log pi_l(a_l)`` with the reward
-      of Eq. 3, ``-(kr - kept_l)^2`` if the prediction is right, ``-lambda (kr - kept_l)^2``
-      otherwise (no baseline).
-    * ``L_P`` (Eq. 5): prototype loss on the concatenated attention vectors of the correctly
-      predicted samples only (skipped with 2 or fewer).
-    * Consistency (Eq. 6): MSE to the logits ``Z_M`` and attention vectors ``V_M`` stored with
-      the sample. The MSE is the mean over elements (as the official code's ``F.mse_loss``).
-
-    **Buffer**: a reservoir over the whole stream (:class:`~retain.core.buffers.ReservoirBuffer`)
-    that stores only the samples the network predicted correctly, with the training pass's
-    logits (every head, as :class:`~retain.methods.der.DER`) and attention vectors; the counter
-    advances for every sample. Unlike the official code, slots refused while the buffer fills
-    are never sampled (they replayed as all-zero images there, a bug).
-
-    **Warm-up** (Sec. 3.2): for the first ``warmup`` iterations (or epochs) of training, agents
-    are bypassed (plain network, plain CE) and the buffer is neither used nor filled; it never
-    comes back.
-
-    Details: "correct" is the argmax over the outputs of the tasks seen so far (class-incremental;
-    with ``loss_heads="task"``, over the sample's own task). The stream and memory batches go
-    through the network in two forward passes, as in the official code: batch-norm statistics
-    (backbone and agents) are those of each batch, and running statistics move twice per step.
-    At 1-epoch CPU scale this matters: with one concatenated pass (``separate_passes=False``,
-    retain's DER convention) the eval-mode accuracy lagged the train-mode one after a task.
-    Gradients of the REINFORCE, prototype and attention losses flow into the agents and,
-    through their inputs, into the backbone (not detached, as the official code). No
-    augmentation of buffer samples (the paper's seq-MNIST has none). Defaults: Table 5,
-    seq-MNIST, buffer 500 (train with SGD, lr 0.07, batch 10, 1 epoch).
+    with ``L_R = -mean_{n,l} R_l log pi_l(a_l)`` (Eq. 4, REINFORCE, no baseline), the reward
+    ``R_l = -(kr - kept_l)^2`` if the prediction is right, ``-lambda (kr - kept_l)^2``
+    otherwise (Eq. 3), the prototype loss ``L_P`` on the correctly predicted samples (Eq. 5)
+    and the consistency MSEs to the logits ``Z_M`` and attention vectors ``V_M`` stored with
+    the sample (Eq. 6). The reservoir buffer stores only correctly predicted samples; for the
+    first ``warmup`` steps (or epochs) agents are bypassed and the buffer is unused (Sec. 3.2).
+    Defaults: Table 5, seq-MNIST, buffer 500 (SGD, lr 0.07, batch 10, 1 epoch).
 
     Args:
         memory_size: buffer slots.
@@ -153,7 +129,8 @@ class Dynamos(ReplayMethod):
         detach_agent_input: agents see detached inputs, so the REINFORCE, prototype and
             attention losses train the agents only (default ``False``: they reach the backbone,
             as in the official code).
-        gated_stages: 1-based ResNet stages whose blocks get agents (default: the last).
+        gated_stages: 1-based ResNet stages whose blocks get agents (default: the last, the
+            second block of Dynamos' reduced ResNet-18: 4 agents).
         warmup: length of the warm-up (0: none).
         warmup_unit: ``"iterations"`` (optimiser steps; Table 5's 1-epoch settings) or
             ``"epochs"`` (SVHN).
@@ -161,6 +138,8 @@ class Dynamos(ReplayMethod):
         separate_passes: forward the stream and memory batches separately (default, official
             code) or as one concatenated batch.
         loss_heads: ``"seen"`` (default: one growing head, class-incremental) or ``"task"``.
+
+    Deviations and choices: docs/methods/dynamos.md
     """
 
     name = "dynamos"

@@ -8,19 +8,17 @@ from retain.methods.dynamos import Dynamos
 
 @register
 class DynamosBase(Dynamos):
-    """Dynamos' baseline (Varma, Arani, Zonooz, VISAPP 2023, Sec. 5.2, Eq. 8): replay with
-    logit consistency and no agents,
+    """Dynamos' baseline (Eq. 8): its replay with logit consistency, without the agents.
+
+    Varma, Arani & Zonooz, "Dynamically Modular and Sparse General Continual Learning",
+    VISAPP 2023, Sec. 5.2, Eq. 8::
 
         L_base = CE(X_B, Y_B) + beta CE(X_M, Y_M) + alpha ||Z'_M - Z_M||^2,
 
     one memory batch for both memory terms. Everything else is Dynamos' (see
-    :class:`~retain.methods.dynamos.Dynamos`), so the pair is an ablation of the agents alone:
-    the same reservoir buffer that admits only correctly predicted samples with their logits,
-    the same warm-up (no buffer for the first ``warmup`` steps), the same separate forward
-    passes of stream and memory batches.
-    The paper gives no separate hyperparameters for it; the defaults are Dynamos' (Table 5,
-    seq-MNIST, buffer 500). It is DER++ (``derpp``) with one memory batch instead of two and a
-    buffer of correct predictions only.
+    :class:`~retain.methods.dynamos.Dynamos`): the buffer of correctly predicted samples with
+    their logits, the warm-up, the separate stream and memory passes; the defaults are
+    Dynamos' (Table 5, seq-MNIST, buffer 500).
 
     Args:
         memory_size: buffer slots.
@@ -30,6 +28,8 @@ class DynamosBase(Dynamos):
         minibatch_size: memory samples per step (default: the stream batch's size).
         separate_passes: see :class:`~retain.methods.dynamos.Dynamos`.
         loss_heads: ``"seen"`` (default, one growing head) or ``"task"``.
+
+    Deviations and choices: docs/methods/dynamos.md#dynamos-base-eq-8
     """
 
     name = "dynamos-base"

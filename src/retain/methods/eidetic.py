@@ -1,17 +1,9 @@
 """Eidetic Learning (Dronen & Balestriero, 2025): networks that provably cannot forget.
 
-Per task: train to convergence (early stopping on training accuracy), then prune neurons
-iteratively (structured: rows / channels, scored by l1, l2 or Taylor), recovering for a few
-epochs after each step, until training accuracy falls more than a threshold below the best;
-restore the last good iteration. The surviving free neurons become the task's own and are
-frozen (*persistence*); the synapses from the pruned neurons into them are deleted for good
-(*resistance*); the pruned neurons are re-initialised for the next task (*recycling*), which may
-read the frozen neurons of earlier tasks (nested feature reuse). BatchNorm channels of earlier
-tasks keep their statistics and behave as in evaluation while later tasks train. After the last
-task a task-classifier head on the penultimate features routes each input to its task's head,
-so prediction needs no task id and one pass of the body (Section 1 and Tables 7-8).
-
-The mechanics (neuron groups, ownership, guards, scores) are in :mod:`retain.core.structured`.
+Each task prunes its excess neurons, freezes the rest and leaves the pruned ones to later
+tasks; a learned task router removes the need for a task id (:class:`Eidetic`). The neuron
+machinery (groups, ownership, guards, scores) is :mod:`retain.core.structured`. Deviations
+and choices: docs/methods/eidetic.md.
 
 Engine use: ``retain run --method eidetic`` (``epochs`` is the maximum number of pre-training
 epochs per task). Own loop, in the spirit of the paper's Listing 1::
@@ -67,44 +59,58 @@ Batches = Callable[[], Iterable[tuple[Tensor, Tensor]]]
 class Eidetic(Method):
     """Eidetic Learning: iterative structured pruning, frozen neurons, recycling, task router.
 
+    Dronen & Balestriero, "Eidetic Learning: an Efficient and Provable Solution to
+    Catastrophic Forgetting", 2025 (Sec. 3, steps I-VI). For task ``t``:
+
+    * I: train to convergence (early stopping on training accuracy), then prune neurons (rows,
+      channels) step by step, recovering after each step, until training accuracy falls below
+      the tolerance; the iteration before is restored;
+    * II, persistence: the surviving free neurons become ``t``'s own and are frozen, their
+      BatchNorm channels too (Eq. 2: statistics kept, eval behaviour in later tasks);
+    * III-IV, recycling: the pruned neurons are re-initialised for the next task;
+    * V, resistance: their synapses into ``t``'s neurons stay deleted (Eq. 1 for linear and
+      conv layers, Eq. 3 for residual blocks, whose added outputs share one neuron group).
+
+    After the last task a router on the penultimate features picks each input's task head, so
+    prediction needs no task id and one pass of the body.
+
     Args:
         pruning: neuron score: ``"l1"``/``"l2"`` (norm of the incoming weights; the same
-            fraction pruned in every layer) or ``"taylor"`` (Molchanov et al. 2017: one global
-            threshold over all layers, scores summed over the whole training set in eval mode
-            and accumulated over the pruning iterations of a task, as the official code).
+            fraction pruned in every layer) or ``"taylor"`` (Molchanov et al. 2017; one global
+            threshold over all layers).
         step: pruning step (fraction, see ``step_base``; for Taylor, of the available neurons).
         tolerance: stop threshold. Pruning stops once training accuracy falls below
-            ``best * (1 - tolerance)`` (relative, as the code) or ``best - tolerance`` with
-            ``absolute_tolerance``; the iteration before is restored.
+            ``best * (1 - tolerance)`` (or ``best - tolerance`` with ``absolute_tolerance``);
+            the iteration before is restored.
         absolute_tolerance: read ``tolerance`` as accuracy points instead of a fraction.
         patience: early stopping of pre-training: stop when accuracy reached 1.0 or has not
             improved for more than ``patience`` epochs (the engine's ``epochs`` caps it).
         max_recovery_epochs: at most this many epochs after each pruning step; recovery ends as
             soon as accuracy is within the tolerance.
         max_pruned: stop once more than this fraction of all neurons is pruned in the current
-            task, going back to the state before the pruning step that crossed it (as the code).
-        step_base: ``"unmasked"`` (the code: ``round(step x neurons not yet pruned in this
-            task, frozen ones included)`` per layer, clamped to the free ones so frozen neurons
-            are never selected) or ``"free"`` (``round(step x free unpruned neurons)``).
+            task, going back to the state before the pruning step that crossed it.
+        step_base: ``"unmasked"`` (``round(step x neurons not yet pruned in this task, frozen
+            ones included)`` per layer, clamped to the free ones) or ``"free"``
+            (``round(step x free unpruned neurons)``).
         lr_divisor: divide the learning rate by this before the extra epoch that ends
             pre-training (the paper halves it on PMNIST: 2.0).
         macro_accuracy: drive early stopping and the stop rule with macro-averaged training
-            accuracy (the code's torchmetrics default); else plain accuracy.
-        prune_last: prune the last task? ``"auto"`` (default, as the code): only when a router
-            is trained, because the router phase is then the last, unpruned phase and uses the
-            remaining free neurons.
-        route: after the last task, train a task classifier on the penultimate features (with
-            the still-free neurons, as the code's final phase) and predict task-agnostically by
-            routing; before it exists, task-agnostic prediction is the argmax over all heads.
+            accuracy (default); else plain accuracy.
+        prune_last: prune the last task? ``"auto"`` (default): only when a router is trained
+            (the router phase is then the last, unpruned phase).
+        route: after the last task, train a task classifier on the penultimate features and
+            predict task-agnostically by routing (before it exists: argmax over all heads).
         router_epochs: maximum epochs of the router phase (default: the engine's ``epochs``).
         router_samples_per_task: train the router on this many samples of each task (a fixed
             random subset; ``None``: all, as the paper).
-        taylor_normalize: ``"global"`` (the code: one L2 norm over all scores, which does not
-            change the ranking) or ``"layer"`` (Molchanov's per-layer normalisation).
+        taylor_normalize: ``"global"`` (one L2 norm over all scores) or ``"layer"``
+            (Molchanov's per-layer normalisation).
         taylor_constant_step: Taylor prunes ``step x all neurons`` per iteration instead of
-            ``step x available neurons`` (the code's ``pruning_step_size_is_constant``).
+            ``step x available neurons``.
         graph: a :class:`~retain.core.structured.NeuronGraph` of the backbone (module names
             relative to ``model.backbone``); default: derived by tracing.
+
+    Deviations and choices: docs/methods/eidetic.md
     """
 
     name = "eidetic"

@@ -37,6 +37,8 @@ class ER(ReplayMethod):
         loss_heads: ``"seen"`` (default): one growing head over all classes seen so far,
             global labels (class-incremental training); ``"task"``: each sample on its own
             task's head.
+
+    Deviations and choices: docs/methods/er.md
     """
 
     name = "er"

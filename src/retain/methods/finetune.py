@@ -10,6 +10,8 @@ class Finetune(Method):
     """Plain SGD on the current task (cross-entropy on its head, see ``loss_heads``).
 
     Every other method should beat it; its task-agnostic BWT shows how much a network forgets.
+
+    Deviations and choices: docs/methods/baselines.md#finetune
     """
 
     name = "finetune"

@@ -39,6 +39,8 @@ class ICaRL(ExemplarMethod):
         per_class: see ``memory_size``.
         selection: ``"herding"`` or ``"random"`` exemplars.
         nme: classify by nearest mean of exemplars (default) or with the trained heads.
+
+    Deviations and choices: docs/methods/icarl.md
     """
 
     name = "icarl"

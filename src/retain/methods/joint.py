@@ -22,6 +22,8 @@ class Joint(Method):
         loss_heads: ``"seen"`` (default) trains one classifier over all classes seen so far
             (the class-incremental upper bound, which also bounds task-aware accuracy);
             ``"task"`` trains each sample on its own task's head only.
+
+    Deviations and choices: docs/methods/baselines.md#joint
     """
 
     name = "joint"

@@ -66,6 +66,8 @@ class LUCIR(ExemplarMethod):
         scale_init: initial ``sigma`` (paper: 1).
         imprint: imprint new classes' weights before training a task.
         selection: ``"herding"`` or ``"random"`` exemplars.
+
+    Deviations and choices: docs/methods/lucir.md
     """
 
     name = "lucir"

@@ -35,6 +35,8 @@ class LwF(Method):
             summed; ``"concat"``: one term over the old heads' concatenated logits (FACIL and
             ScrollNet).
         loss_heads: see :class:`~retain.methods.Method`.
+
+    Deviations and choices: docs/methods/lwf.md
     """
 
     name = "lwf"

@@ -35,40 +35,20 @@ NARROW_LOSSES = ("ce", "base")
 class ScrollNet(Method):
     """ScrollNet (Yang et al., ICCV-W 2023) around any method: nested sub-networks, scrolled.
 
-    ``setup`` makes the model slimmable with ``splits`` = K nested widths
-    (:func:`~retain.models.slimmable.make_slimmable`: every Linear/Conv2d sliced to its first
-    ``k/K`` channel groups, one BatchNorm per width). Training sums the loss of the K
-    sub-networks with equal weight (Eq. 4/6), so the first channel group, which every
-    sub-network uses, becomes the most important for the task, and the last the least. Before
-    task ``t`` the channel groups are scrolled to ``scroll_step * t`` (mod K) groups (Eq. 5;
-    position ``i`` reads stored channel ``(i + shift) mod C``, the official default direction):
-    the group that was first (most important) becomes last (least important) and every other
-    group moves up one rank, so the most important group of task ``t`` is stored group
-    ``t mod K`` (with K = 2: the last task's least important group). BatchNorm is not
-    scrolled (Sec. 4.1).
-    Evaluation is at full width with the current scroll, for every task (as the official code).
-
-    The base method sees the slimmable model and does everything else: its hooks (importance,
-    buffers, old models, gradient edits, prediction, state) are called unchanged, at full
-    width. The loss of one batch is::
+    Yang, Wang & van de Weijer, "ScrollNet: Dynamic Weight Importance for Continual
+    Learning", ICCV Workshops 2023. ``setup`` makes the model slimmable with ``splits`` = K
+    nested widths (:func:`~retain.models.slimmable.make_slimmable`: every Linear/Conv2d sliced
+    to its first ``k/K`` channel groups, one BatchNorm per width). The loss of one batch is
+    the sum over the K nested sub-networks, equal weights (Eq. 4/6)::
 
         base.loss(batch, task)                       # width K: the base's whole loss
-        + sum_{k=K-1..1} subnet_loss_k(batch, task)  # narrower widths, same batch
+        + sum_{k=K-1..1} subnet_loss_k(batch, task)  # narrower widths: its plain CE
 
-    where ``subnet_loss`` is the base's classification loss without its extra terms,
-    :meth:`Method.loss <retain.methods.Method.loss>` applied to the base (cross-entropy per
-    its ``loss_heads``). So regularisers
-    (EWC/MAS/SI penalty) count once per step (Eq. 8 with lambda as given) and distillation
-    (LwF) is applied on the full-width pass only, as the official LwF code (Eq. 7). With
-    ``penalty_per_width=True`` a base exposing ``regularizer()`` (EWC, MAS, SI) has it added
-    to every width, K times in all: the official EWC code's behaviour (its effective lambda
-    is K times the stated one). ``narrow_loss="base"`` runs the base's whole loss at every
-    width instead (regulariser, distillation and any replay the base mixes in inside its
-    ``loss``, e.g. ER/DER, K times; iCaRL's binary cross-entropy instead of softmax CE at the
-    narrow widths). One backward pass for the sum, as the official code.
-
-    Cost: K forward/backward passes per step, narrower ones cheaper (about ``k^2/K^2`` of the
-    full-width work for a conv/linear layer sliced on both sides).
+    so regularisers count once per step (Eq. 8) and distillation only at full width (Eq. 7).
+    Before task ``t`` the channel groups are scrolled by ``scroll_step * t`` (mod K) groups
+    (Eq. 5): position ``i`` reads stored channel ``(i + shift) mod C``, so the group that was
+    most important becomes the least. BatchNorm is not scrolled (Sec. 4.1); evaluation is at
+    full width with the current scroll. The base method's hooks run unchanged at full width.
 
     Args:
         base: the wrapped method: a registered name or a :class:`Method` instance.
@@ -76,9 +56,12 @@ class ScrollNet(Method):
         splits: K, the number of nested sub-networks (2: ScrollNet-2, 4: ScrollNet-4; 1
             gives the base method exactly).
         scroll_step: groups to scroll per task (1 in the paper).
-        penalty_per_width: repeat the base's ``regularizer()`` on every width (see above).
-        narrow_loss: ``"ce"`` (default): the narrower widths' loss is the base's
-            ``subnet_loss`` or plain cross-entropy; ``"base"``: the base's whole ``loss``.
+        penalty_per_width: add the base's ``regularizer()`` at every width, K times in all
+            (the official EWC code's behaviour).
+        narrow_loss: ``"ce"`` (default): the narrower widths' loss is the base's plain
+            classification loss; ``"base"``: the base's whole ``loss``.
+
+    Deviations and choices: docs/methods/scrollnet.md
     """
 
     name = "scrollnet"
