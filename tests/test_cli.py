@@ -151,10 +151,13 @@ def _rows(run: Path) -> int:
 
 
 def test_nested_set_keys_build_nested_mappings():
-    from retain.experiment import resolve
+    from retain.experiment import apply, parse_set, resolve
 
-    cfg = resolve(None, None, ["method_args.base_args.lamb=5000", "method_args.base_args.x=[1, 2]"])
-    assert cfg.method_args == {"base_args": {"lamb": 5000, "x": [1, 2]}}
+    cfg: dict = {}
+    apply(cfg, parse_set(["method_args.base_args.lamb=5000", "method_args.base_args.x=[1, 2]"]), "")
+    assert cfg["method_args"] == {"base_args": {"lamb": 5000, "x": [1, 2]}}
+    sets = ["method=scrollnet", "method_args.base=ewc", "method_args.base_args.lamb=5000"]
+    assert resolve(None, None, sets).method_args == {"base": "ewc", "base_args": {"lamb": 5000}}
 
 
 def test_method_refusing_the_model_is_one_line_and_leaves_no_folder(tmp_path, capsys):

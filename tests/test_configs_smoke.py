@@ -66,3 +66,40 @@ def test_smoke_overlay_really_shrinks(fake_root, monkeypatch):
     assert eid.method_args["patience"] == 1 and eid.method_args["max_recovery_epochs"] == 1
     assert eid.benchmark_args["size"] == 32 and eid.model_args["nf"] == 8
     assert "smoke" not in full.to_dict() and smoke.to_dict()["smoke"] is True
+
+
+def test_smoke_bounds_come_from_the_method_class(monkeypatch):
+    """smoke.py names no method: a class's ``smoke_caps``/``smoke_floors`` are what it applies,
+    converted to the bound's type, and a wrapper's ``base_args`` get its base's bounds."""
+    from retain.methods import REGISTRY
+
+    monkeypatch.setattr(REGISTRY["ewc"], "smoke_caps", {"lamb": 10.0})
+    monkeypatch.setattr(REGISTRY["ewc"], "smoke_floors", {"alpha": 0.5})
+    ewc = resolve(None, {"method": "ewc", "smoke": True}, ["method_args.lamb=5000"])
+    assert ewc.method_args == {"lamb": 10.0, "alpha": 0.5}
+    assert resolve(None, {"method": "ewc"}, ["method_args.lamb=5000"]).method_args["lamb"] == 5000
+    wrapped = resolve(None, {"method": "scrollnet", "smoke": True}, ["method_args.base=ewc"])
+    assert wrapped.method_args == {"base": "ewc", "base_args": {"lamb": 10.0, "alpha": 0.5}}
+    eidetic = resolve(
+        None,
+        {"method": "eidetic", "smoke": True},
+        ["method_args.patience=4", "method_args.step=0.1"],
+    )
+    assert eidetic.method_args == {"patience": 1, "max_recovery_epochs": 1, "step": 0.3}
+    plain = resolve(None, {"method": "scrollnet", "smoke": True})  # finetune base: no bounds
+    assert plain.method_args == {}
+
+
+def test_smoke_caps_of_a_backbone_are_given_at_its_registration(monkeypatch):
+    from retain.models import MLP, MODEL_SMOKE, MODELS, register_model
+
+    assert MODEL_SMOKE["mlp"] == {"hidden": 64} and set(MODEL_SMOKE) == set(MODELS)
+    monkeypatch.setitem(MODEL_SMOKE, "mlp", {"hidden": 16})
+    config = resolve(None, {"model": "mlp", "smoke": True}, ["model_args.hidden=[400, 8, 30]"])
+    assert config.model_args == {"hidden": [16, 8, 16]}
+    assert resolve(None, {"model": "mlp", "smoke": True}).model_args == {"hidden": [16, 16]}
+    with pytest.raises(ValueError, match="registered twice"):
+        register_model("mlp", MLP, "again")
+    with pytest.raises(ValueError, match=r"unknown options: \['width'\]"):
+        register_model("mlp-2", MLP, "an MLP", smoke={"width": 8})
+    assert "mlp-2" not in MODELS

@@ -221,33 +221,3 @@ def test_a_layer_gets_one_mask():
     with pytest.raises(ValueError, match="already"):
         attach(layer, WeightMask())
 
-
-def test_mask_report_tables(tmp_path, capsys):
-    from retain.core import mask_report
-
-    def cap(used):
-        return {
-            "capacity": capacity_report(
-                {
-                    "fc": LayerUsage(
-                        100, used[-1], used, mask_bits=200, packed_bytes=26, encoded_bytes=9
-                    )
-                }
-            )
-        }
-
-    runs = [
-        {"seed": s, "seconds": 1.0 + s, "taw_acc": 0.9, "taw_bwt": 0.0, "extra": cap([30, 60 + s])}
-        for s in range(2)
-    ]
-    rows = [
-        {"benchmark": "b", "method": "packnet", "runs": runs},
-        {"benchmark": "b", "method": "finetune", "runs": [{**runs[0], "extra": {}}]},
-    ]
-    path = tmp_path / "t.json"
-    path.write_text(__import__("json").dumps({"rows": rows}))
-    assert mask_report.main([str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "| b | packnet | 90.00 ± 0.00 | 0.00 ± 0.00 | 60.5 ± 0.7 |" in out
-    assert "| b | packnet | fc | 30.0 | 60.5 |" in out
-    assert "| b | finetune | 90.00 ± 0.00 | 0.00 ± 0.00 | - |" in out

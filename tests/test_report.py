@@ -8,6 +8,8 @@ import json
 import math
 import re
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,38 @@ def test_report_errors_are_one_line_and_exit_2(runs, tmp_path, capsys):
     assert main(["report", str(runs), "--out", str(target)]) == 2
     assert "not a folder" in capsys.readouterr().err
     assert target.read_text() == "keep me"
+
+
+def test_mask_report_tables(tmp_path, capsys):
+    """``python -m retain.report.mask_report``: capacity tables of masked methods."""
+    from retain.core.masks import LayerUsage, capacity_report
+    from retain.report import mask_report
+
+    def cap(used):
+        return {
+            "capacity": capacity_report(
+                {
+                    "fc": LayerUsage(
+                        100, used[-1], used, mask_bits=200, packed_bytes=26, encoded_bytes=9
+                    )
+                }
+            )
+        }
+
+    runs = [
+        {"seed": s, "seconds": 1.0 + s, "taw_acc": 0.9, "taw_bwt": 0.0, "extra": cap([30, 60 + s])}
+        for s in range(2)
+    ]
+    rows = [
+        {"benchmark": "b", "method": "packnet", "runs": runs},
+        {"benchmark": "b", "method": "finetune", "runs": [{**runs[0], "extra": {}}]},
+    ]
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"rows": rows}))
+    assert mask_report.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| b | packnet | 90.00 ± 0.00 | 0.00 ± 0.00 | 60.5 ± 0.7 |" in out
+    assert "| b | packnet | fc | 30.0 | 60.5 |" in out
+    assert "| b | finetune | 90.00 ± 0.00 | 0.00 ± 0.00 | - |" in out
+    command = [sys.executable, "-m", "retain.report.mask_report", str(path)]
+    assert subprocess.run(command, capture_output=True, text=True, check=True).stdout == out

@@ -271,10 +271,10 @@ def test_a_trial_locked_by_another_process_waits_for_it(tmp_path):
     only once the lock is free."""
     import threading
 
-    from retain.sweep import make_config
+    from retain.experiment import resolve
     from retain.trials import Trial, run_trial
 
-    trial = Trial.under(tmp_path, make_config([("test", {"benchmark": "split-digits"})]))
+    trial = Trial.under(tmp_path, resolve(flags={"benchmark": "split-digits"}))
     results = []
     with open(tmp_path / f".{trial.name}.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)

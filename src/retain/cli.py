@@ -30,6 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--model", help="backbone name (default: mlp)")
     run.add_argument("--seed", type=int, help="run seed (default 0)")
     run.add_argument("--epochs", type=int, help="epochs per task (default 1)")
+    run.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     run.add_argument("--threads", type=int, help="torch threads (default 1: steady and portable)")
     run.add_argument(
         "--set",
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--seeds", default="3", help="a count N (seeds 0..N-1) or a list 0,4,7")
     cmp.add_argument("--model", help="backbone name (default: mlp)")
     cmp.add_argument("--epochs", type=int, help="epochs per task (default 1)")
+    cmp.add_argument("--lr", type=float, help="learning rate (default 0.01)")
     cmp.add_argument("--threads", type=int, help="torch threads per trial (default 1)")
     cmp.add_argument("--config", help="YAML file of config keys for every trial")
     cmp.add_argument(
@@ -188,6 +190,7 @@ def _run(args: argparse.Namespace) -> int:
         "model": args.model,
         "seed": args.seed,
         "epochs": args.epochs,
+        "lr": args.lr,
         "threads": args.threads,
         "device": args.device,
         "amp": args.amp,
@@ -374,8 +377,8 @@ def _split_scoped(pairs: list[str], methods: list[str]) -> tuple[list[str], dict
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from retain.experiment import ConfigError, load_yaml, parse_set
-    from retain.sweep import SweepError, make_config, parse_seeds
+    from retain.experiment import ConfigError, parse_set, resolve
+    from retain.sweep import SweepError, parse_seeds
     from retain.trials import Trial
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -389,25 +392,23 @@ def _compare(args: argparse.Namespace) -> int:
         "benchmark": args.benchmark,
         "model": args.model,
         "epochs": args.epochs,
+        "lr": args.lr,
         "threads": args.threads,
     }
     try:
         seeds = parse_seeds(args.seeds, "--seeds")
-        file_keys = load_yaml(args.config) if args.config else {}
         common_keys = parse_set(common)
-        configs = []
-        for method in methods:
-            for seed in seeds:
-                config = make_config(
-                    [
-                        (f"config {args.config}", file_keys),
-                        ("option", {k: v for k, v in flags.items() if v is not None}),
-                        ("option", {"method": method, "seed": seed}),
-                        ("--set", common_keys),
-                        (f"--set {method}:", parse_set(scoped[method])),
-                    ]
-                )
-                configs.append(config)
+        configs = [
+            resolve(
+                args.config,
+                flags,
+                common_keys,
+                axes=[("option", {"method": method, "seed": seed})],
+                overrides=[(f"--set {method}:", parse_set(scoped[method]))],
+            )
+            for method in methods
+            for seed in seeds
+        ]
     except (ConfigError, SweepError) as e:
         raise UserError(str(e)) from None
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.benchmark}"

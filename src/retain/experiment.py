@@ -1,16 +1,18 @@
 """A run described by one flat config: what to build, how to train it, where it goes.
 
 The config is a :class:`RunConfig` (a :class:`~retain.engine.TrainConfig` plus the names and
-arguments of the benchmark, model and method). It is resolved from defaults, then a YAML file,
-then command-line flags, then ``--set key=value`` pairs, validated field by field, and written
-fully resolved to the run folder as ``config.yaml``.
+arguments of the benchmark, model and method). :func:`resolve` is the one path from defaults, a
+YAML file, command-line flags, a compare or sweep trial's own keys, ``--set key=value`` pairs
+and the ``--smoke`` overlay to a validated config, written fully resolved to the run folder as
+``config.yaml``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
+import inspect
 import typing
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,8 +111,6 @@ def _check_type(key: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a mapping, got {value!r}")
         return dict(value)
-    if isinstance(hint, types.UnionType):  # pragma: no cover - no such fields yet
-        return value
     return value
 
 
@@ -176,19 +176,43 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: one layer of config keys and the source named in its error messages ("--set", "grid", ...)
+Layer = tuple[str, Mapping[str, Any]]
+
+
 def resolve(
     file: str | Path | None = None,
-    flags: dict[str, Any] | None = None,
-    sets: list[str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    sets: Sequence[str] | Mapping[str, Any] | None = None,
+    *,
+    axes: Sequence[Layer] = (),
+    overrides: Sequence[Layer] = (),
 ) -> RunConfig:
-    """Defaults < YAML file < flags (``None`` values ignored) < ``--set`` pairs."""
+    """The one way a config is made, by ``retain run``, ``--resume``, ``compare`` and ``sweep``.
+
+    Layers, later wins: defaults < YAML ``file`` < ``flags`` (``None`` values ignored) <
+    ``axes`` (a compare or sweep trial's own keys in order: the sweep's ``set``, benchmark,
+    method, grid or search point, seed) < ``sets`` (``--set`` pairs, raw ``KEY=VALUE`` or
+    parsed) < ``overrides`` (further parsed ``--set`` layers, e.g. compare's
+    ``METHOD:KEY=VALUE``). The :mod:`retain.smoke` overlay comes last when any layer sets
+    ``smoke``. The result is validated, and its method (with its arguments) and benchmark
+    (with its arguments) are checked to exist, before anything is built or trained.
+
+    Raises:
+        ConfigError: a bad key, value, name or file (one line).
+    """
     config: dict[str, Any] = {}
     if file is not None:
         apply(config, load_yaml(file), f"config {file}")
     if flags:
         apply(config, {k: v for k, v in flags.items() if v is not None}, "option")
+    for source, updates in axes:
+        apply(config, dict(updates), source)
     if sets:
-        apply(config, parse_set(sets), "--set")
+        parsed = dict(sets) if isinstance(sets, Mapping) else parse_set(list(sets))
+        apply(config, parsed, "--set")
+    for source, updates in overrides:
+        apply(config, dict(updates), source)
     if config.get("smoke"):
         from retain.smoke import overlay
 
@@ -200,7 +224,31 @@ def resolve(
         raise ConfigError(str(e)) from None
     if rc.threads < 1:
         raise ConfigError(f"threads must be at least 1, got {rc.threads}")
+    check_names(rc)
     return rc
+
+
+def check_names(config: RunConfig) -> None:
+    """Unknown method, method argument, benchmark or benchmark argument: ConfigError, before
+    anything is trained (building a method is cheap; benchmarks are not built)."""
+    from retain.data import BENCHMARKS
+    from retain.methods import make_method
+
+    try:
+        make_method(config.method, **config.method_args)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+    if config.benchmark not in BENCHMARKS:
+        raise ConfigError(
+            f"unknown benchmark {config.benchmark!r}; valid names: {', '.join(BENCHMARKS)}"
+        )
+    accepted = list(inspect.signature(BENCHMARKS[config.benchmark]).parameters)
+    for key in config.benchmark_args:
+        if key not in accepted:
+            raise ConfigError(
+                f"benchmark {config.benchmark!r} does not accept {key}; "
+                f"accepted: {', '.join(accepted)}"
+            )
 
 
 def single_pass_message(benchmark: str, epochs: int) -> str:

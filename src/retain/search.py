@@ -110,11 +110,6 @@ class SearchSpec:
     direction: str = "maximize"
     space: dict[str, Param] = field(default_factory=dict)
 
-    @property
-    def setting_and_name(self) -> tuple[str, str]:
-        setting, name = self.metric.split(".")
-        return setting, name
-
 
 def parse_search(data: Any) -> SearchSpec:
     """Validate a ``search`` section (see the module docstring)."""

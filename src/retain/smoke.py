@@ -1,8 +1,10 @@
 """``--smoke``: any config shrunk to seconds, so CI can run every shipped config end to end.
 
-The overlay (applied last, after the file, the flags and ``--set``) trains 1 epoch per task
-without an lr schedule, caps the few method settings that multiply epochs (Eidetic's patience,
-recovery epochs and pruning rounds), narrows the backbone (:data:`MODEL_CAPS`: the same layers,
+The overlay (applied last by :func:`retain.experiment.resolve`, after the file, the flags, a
+trial's own keys and ``--set``) trains 1 epoch per task without an lr schedule, bounds the few
+method settings that multiply epochs or rounds (each method class declares its own
+:attr:`~retain.methods.Method.smoke_caps` and ``smoke_floors``), narrows the backbone (the caps
+each backbone is registered with, :func:`retain.models.registry.register_model`: the same layers,
 fewer channels or units) and caps image sizes at 32 px (:data:`BENCHMARK_CAPS`). The benchmark
 is built as configured - the same data path, the same class order and preprocessing - and then
 cut to its first :data:`TASKS` tasks, each with :data:`TRAIN_PER_CLASS` training and
@@ -13,6 +15,7 @@ boundary-free stream keeps :data:`STREAM` evenly spaced samples in stream order.
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -24,23 +27,6 @@ STREAM = 120
 
 #: top-level keys the overlay sets
 OVERLAY: dict[str, Any] = {"epochs": 1, "lr_milestones": [], "checkpoint_every": 0}
-#: per method, upper bounds of method_args
-METHOD_CAPS: dict[str, dict[str, int]] = {
-    "eidetic": {"patience": 1, "max_recovery_epochs": 1},
-}
-#: per method, lower bounds of method_args (Eidetic: big pruning steps, few pruning rounds)
-METHOD_FLOORS: dict[str, dict[str, float]] = {"eidetic": {"step": 0.3}}
-#: per backbone, upper bounds of its width options (the same layers, narrower)
-MODEL_CAPS: dict[str, dict[str, int]] = {
-    "resnet18": {"nf": 8},
-    "reduced-resnet18": {"nf": 8},
-    "alexnet": {"nhid": 64},
-    "mlp": {"hidden": 64},
-    "resnet50": {"nf": 4},
-    "lenet": {"channels": 8, "hidden": 32},
-    "lenet-large": {"channels": 8, "hidden": 32},
-    "tinynet": {"channels": 16, "hidden": 32},
-}
 #: upper bounds of benchmark arguments, where the benchmark takes them (image size in pixels)
 BENCHMARK_CAPS: dict[str, int] = {"size": 32}
 
@@ -49,22 +35,10 @@ def overlay(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` (a resolved dict of :class:`~retain.experiment.RunConfig` fields) with the
     smoke overlay applied."""
     out = {**config, **OVERLAY}
-    method = out.get("method", "finetune")
-    args = dict(out.get("method_args") or {})
-    for key, cap in METHOD_CAPS.get(method, {}).items():
-        args[key] = min(int(args.get(key, cap)), cap)
-    for key, floor in METHOD_FLOORS.get(method, {}).items():
-        args[key] = max(float(args.get(key, floor)), floor)
-    out["method_args"] = args
-    model_args = dict(out.get("model_args") or {})
-    model = out.get("model", "mlp")
-    for key, cap in MODEL_CAPS.get(model, {}).items():
-        value = model_args.get(key, _default_option(model, key, cap))
-        if isinstance(value, (list, tuple)):
-            model_args[key] = [min(int(v), cap) for v in value]
-        else:
-            model_args[key] = min(int(value), cap)
-    out["model_args"] = model_args
+    out["method_args"] = _method_args(
+        out.get("method", "finetune"), dict(out.get("method_args") or {})
+    )
+    out["model_args"] = _model_args(out.get("model", "mlp"), dict(out.get("model_args") or {}))
     from retain.data import BENCHMARKS, benchmark_parameters
 
     if out.get("benchmark") in BENCHMARKS:
@@ -77,11 +51,46 @@ def overlay(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _method_args(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` of ``method`` within the bounds its class declares (each value converted to
+    its bound's type). A method that wraps another by name (``base`` and ``base_args``
+    arguments) has the wrapped method's bounds applied to ``base_args``."""
+    from retain.methods import REGISTRY
+
+    cls = REGISTRY.get(method)
+    if cls is None:  # an unknown name is reported by the config's validation
+        return args
+    for key, cap in cls.smoke_caps.items():
+        args[key] = min(type(cap)(args.get(key, cap)), cap)
+    for key, floor in cls.smoke_floors.items():
+        args[key] = max(type(floor)(args.get(key, floor)), floor)
+    params = inspect.signature(cls.__init__).parameters
+    if "base" in params and "base_args" in params:
+        base = args.get("base", params["base"].default)
+        given = dict(args.get("base_args") or {})
+        if isinstance(base, str):
+            bounded = _method_args(base, dict(given))
+            if bounded != given:
+                args["base_args"] = bounded
+    return args
+
+
+def _model_args(model: str, args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` of backbone ``model`` within the smoke caps it is registered with."""
+    from retain.models.registry import MODEL_SMOKE
+
+    for key, cap in MODEL_SMOKE.get(model, {}).items():
+        value = args.get(key, _default_option(model, key, cap))
+        if isinstance(value, (list, tuple)):
+            args[key] = [min(int(v), cap) for v in value]
+        else:
+            args[key] = min(int(value), cap)
+    return args
+
+
 def _default_option(model: str, key: str, fallback: Any) -> Any:
     """The default of option ``key`` of backbone ``model`` (``fallback`` if it has none), so a
-    cap on a per-layer option (e.g. LeNet's ``channels=(20, 50)``) keeps its length."""
-    import inspect
-
+    cap on a per-layer option (e.g. ``channels=(20, 50)``) keeps its length."""
     from retain.models.registry import MODELS
 
     if model not in MODELS:

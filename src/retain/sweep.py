@@ -26,18 +26,17 @@ sweep's trials (:mod:`retain.report`).
 from __future__ import annotations
 
 import datetime as _dt
-import inspect
 import itertools
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from retain.engine import runio
 from retain.executors import Executor
-from retain.experiment import ConfigError, RunConfig, apply, load_yaml
+from retain.experiment import ConfigError, RunConfig, load_yaml, resolve
 from retain.search import (
     Param,
     SearchError,
@@ -201,46 +200,6 @@ def _points(grid: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
 
 
-def make_config(layers: Iterable[tuple[str, dict[str, Any]]]) -> RunConfig:
-    """A validated config from ``(source, updates)`` layers applied in order (later wins);
-    the method's arguments and the benchmark's name and arguments are checked too."""
-    config: dict[str, Any] = {}
-    for source, updates in layers:
-        apply(config, updates, source)
-    try:
-        rc = RunConfig(**config)
-        rc.validate()
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-    if rc.threads < 1:
-        raise ConfigError(f"threads must be at least 1, got {rc.threads}")
-    check_names(rc)
-    return rc
-
-
-def check_names(config: RunConfig) -> None:
-    """Unknown method, method argument, benchmark or benchmark argument: ConfigError, before
-    anything is trained (building a method is cheap; benchmarks are not built)."""
-    from retain.data import BENCHMARKS
-    from retain.methods import make_method
-
-    try:
-        make_method(config.method, **config.method_args)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-    if config.benchmark not in BENCHMARKS:
-        raise ConfigError(
-            f"unknown benchmark {config.benchmark!r}; valid names: {', '.join(BENCHMARKS)}"
-        )
-    accepted = list(inspect.signature(BENCHMARKS[config.benchmark]).parameters)
-    for key in config.benchmark_args:
-        if key not in accepted:
-            raise ConfigError(
-                f"benchmark {config.benchmark!r} does not accept {key}; "
-                f"accepted: {', '.join(accepted)}"
-            )
-
-
 def trial_config(
     spec: SweepSpec,
     bench: Axis,
@@ -249,17 +208,18 @@ def trial_config(
     seed: int,
     base: dict[str, Any] | None = None,
 ) -> RunConfig:
-    """One trial's config: the sweep's ``set``, the benchmark's and the method's, the grid or
-    search ``point``, the seed, and ``base`` (``--set``) over everything."""
-    return make_config(
-        [
+    """One trial's config (:func:`retain.experiment.resolve`): the sweep's ``set``, the
+    benchmark's and the method's, the grid or search ``point``, the seed, and ``base``
+    (``--set``) over everything."""
+    return resolve(
+        axes=[
             ("sweep set", spec.set),
             ("benchmark", {"benchmark": bench.name, **bench.set}),
             ("method", {"method": method.name, **method.set}),
             ("grid" if spec.search is None else "search", point),
             ("seed", {"seed": seed}),
-            ("--set", base or {}),
-        ]
+        ],
+        sets=base,
     )
 
 

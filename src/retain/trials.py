@@ -120,8 +120,9 @@ def execute(
     on_built: Callable[[Any], None] | None = None,
 ):
     """Build and train ``config`` in ``run_dir`` (``resume``: from its checkpoint); write the
-    run folder's files. Returns the :class:`~retain.engine.RunResult`. ``on_built`` is called
-    with the benchmark before training (to announce the run).
+    run folder's files, then the method's own (:meth:`~retain.methods.Method.write_artifacts`).
+    Returns the :class:`~retain.engine.RunResult`. ``on_built`` is called with the benchmark
+    before training (to announce the run).
 
     Errors in the config or data raise :class:`~retain.experiment.ConfigError`."""
     import torch
@@ -129,7 +130,6 @@ def execute(
     from retain.data import DataError
     from retain.engine import SetupError, distributed, fit
     from retain.experiment import ConfigError, build
-    from retain.report.dynamos_analysis import write_dynamos_analysis
 
     torch.set_num_threads(config.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -168,7 +168,7 @@ def execute(
             run_dir.rmdir()
         raise ConfigError(str(e)) from None
     if writer:
-        write_dynamos_analysis(run_dir, result.metrics().get("method", {}))
+        method.write_artifacts(run_dir)
     return result
 
 

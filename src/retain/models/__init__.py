@@ -7,11 +7,13 @@ from retain.models.lenet import LargeLeNet, LeNet
 from retain.models.mlp import MLP
 from retain.models.registry import (
     MODEL_DESCRIPTIONS,
+    MODEL_SMOKE,
     MODELS,
     build_backbone,
     build_model,
     describe_models,
     model_options,
+    register_model,
 )
 from retain.models.resnet import (
     BasicBlock,
@@ -28,6 +30,7 @@ __all__ = [
     "MLP",
     "MODELS",
     "MODEL_DESCRIPTIONS",
+    "MODEL_SMOKE",
     "AlexNet",
     "BasicBlock",
     "Bottleneck",
@@ -43,4 +46,5 @@ __all__ = [
     "build_model",
     "describe_models",
     "model_options",
+    "register_model",
 ]

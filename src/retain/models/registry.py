@@ -23,27 +23,77 @@ from retain.models.tinynet import TinyNet
 BackboneBuilder = Callable[..., nn.Module]
 """Called as ``builder(input_shape, **options)``; returns a module with ``out_features``."""
 
-MODELS: dict[str, BackboneBuilder] = {
-    "mlp": MLP,
-    "alexnet": AlexNet,
-    "resnet18": ResNet18,
-    "reduced-resnet18": ReducedResNet18,
-    "resnet50": ResNet50,
-    "lenet": LeNet,
-    "lenet-large": LargeLeNet,
-    "tinynet": TinyNet,
-}
+MODELS: dict[str, BackboneBuilder] = {}
+MODEL_DESCRIPTIONS: dict[str, str] = {}
+#: per backbone, upper bounds of its width options under ``--smoke`` (:mod:`retain.smoke`)
+MODEL_SMOKE: dict[str, dict[str, int]] = {}
 
-MODEL_DESCRIPTIONS: dict[str, str] = {
-    "mlp": "fully connected ReLU net on the flattened input (default 400-400)",
-    "alexnet": "HAT/SPG AlexNet-like net: 3 convs (64/128/256) + 2 x 2048 fc; optional WSN BN",
-    "resnet18": "ResNet-18: CIFAR 3x3 stem (stem=imagenet: 7x7, max-pool), nf=64, skip_conv",
-    "reduced-resnet18": "Dynamos backbone: first two ResNet-18 stages at nf=32 (32/64 channels)",
-    "resnet50": "ResNet-50: CIFAR 3x3 stem as Eidetic (stem=imagenet option), skip_conv",
-    "lenet": "GPM/WSN LeNet-5: convs 20/50 (5x5), fc 800-500, no biases (CIFAR-100 Superclass)",
-    "lenet-large": "WSN large LeNet: convs 64/128 (5x5), fc 2500-1500, no biases (Omniglot)",
-    "tinynet": "WSN TinyNet: 4 stride-2 3x3 convs of 160 + fc 640-640, no biases (TinyImageNet)",
-}
+
+def register_model(
+    name: str, builder: BackboneBuilder, description: str, smoke: dict[str, int] | None = None
+) -> None:
+    """Make ``builder`` available as ``name``, with a one-line ``description`` and its
+    ``smoke`` caps: upper bounds of its width options (the same layers, fewer channels or
+    units; a per-layer option is capped layer by layer) for a ``--smoke`` run."""
+    if name in MODELS:
+        raise ValueError(f"model {name!r} is registered twice")
+    accepted = set(list(inspect.signature(builder).parameters)[1:])
+    unknown = sorted(set(smoke or {}) - accepted)
+    if unknown:
+        raise ValueError(f"smoke caps of model {name!r} name unknown options: {unknown}")
+    MODELS[name] = builder
+    MODEL_DESCRIPTIONS[name] = description
+    MODEL_SMOKE[name] = dict(smoke or {})
+
+
+register_model(
+    "mlp",
+    MLP,
+    "fully connected ReLU net on the flattened input (default 400-400)",
+    smoke={"hidden": 64},
+)
+register_model(
+    "alexnet",
+    AlexNet,
+    "HAT/SPG AlexNet-like net: 3 convs (64/128/256) + 2 x 2048 fc; optional WSN BN",
+    smoke={"nhid": 64},
+)
+register_model(
+    "resnet18",
+    ResNet18,
+    "ResNet-18: CIFAR 3x3 stem (stem=imagenet: 7x7, max-pool), nf=64, skip_conv",
+    smoke={"nf": 8},
+)
+register_model(
+    "reduced-resnet18",
+    ReducedResNet18,
+    "Dynamos backbone: first two ResNet-18 stages at nf=32 (32/64 channels)",
+    smoke={"nf": 8},
+)
+register_model(
+    "resnet50",
+    ResNet50,
+    "ResNet-50: CIFAR 3x3 stem as Eidetic (stem=imagenet option), skip_conv",
+    smoke={"nf": 4},
+)
+register_model(
+    "lenet",
+    LeNet,
+    "GPM/WSN LeNet-5: convs 20/50 (5x5), fc 800-500, no biases (CIFAR-100 Superclass)",
+    smoke={"channels": 8, "hidden": 32},
+)
+register_model(
+    "lenet-large",
+    LargeLeNet,
+    "WSN large LeNet: convs 64/128 (5x5), fc 2500-1500, no biases (Omniglot)",
+    smoke={"channels": 8, "hidden": 32},
+)
+register_model(
+    "tinynet",
+    TinyNet,
+    "WSN TinyNet: 4 stride-2 3x3 convs of 160 + fc 640-640, no biases (TinyImageNet)",
+    smoke={"channels": 16, "hidden": 32},
+)
 
 
 def describe_models() -> list[tuple[str, str]]:

@@ -3,7 +3,7 @@
 Input: the JSON written by ``benchmarks/table.py --json`` (every run's summary numbers, with
 the method's ``extra_metrics()`` under ``extra``). Usage::
 
-    python -m retain.core.mask_report runs.json [more.json ...]
+    python -m retain.report.mask_report runs.json [more.json ...]
 
 prints, per benchmark, (1) ACC, BWT (task-aware), weights used after the last task, mask memory
 (raw bits as KiB, bit-packed and entropy-coded bytes as KiB), CAP and wall time, mean ± std over
