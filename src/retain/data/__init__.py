@@ -1,6 +1,6 @@
 """Data: sources, scenarios, named benchmarks, the batch iterator and bring-your-own data."""
 
-from retain.data import vision_benchmarks  # noqa: F401  (registers the paper-scale benchmarks)
+from retain.data import catalog  # noqa: F401  (registers every named benchmark)
 from retain.data.augment import normalize, random_crop, random_hflip
 from retain.data.benchmark import Benchmark, DataError, Task, make_tasks
 from retain.data.benchmarks import (
