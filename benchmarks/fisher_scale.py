@@ -19,7 +19,7 @@ import sys
 import torch
 import yaml
 
-from retain.core.importance import make_importance
+from retain.core.estimators import make_importance
 from retain.data import Benchmark, get_benchmark
 from retain.engine import fit
 from retain.methods import make_method

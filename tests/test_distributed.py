@@ -54,11 +54,11 @@ class FirstGradient:
         self.grads: list[torch.Tensor] | None = None
         inner = method.after_backward
 
-        def after_backward() -> None:
+        def after_backward(batch, task) -> None:
             if self.grads is None:
                 params = [p for p in method.model.parameters() if p.grad is not None]
                 self.grads = [p.grad.clone() for p in params]
-            inner()
+            inner(batch, task)
 
         method.after_backward = after_backward
 

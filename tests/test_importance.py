@@ -5,15 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from retain.core.estimators import ESTIMATORS, make_importance
 from retain.core.importance import (
-    ESTIMATORS,
     FisherImportance,
     MASImportance,
     PathIntegral,
     fisher_diagonal,
-    make_importance,
     mas_importance,
+    protected_parameters,
 )
+from retain.core.spg_importance import SPGImportance
 from retain.models import ContinualModel
 from tests.synthetic import TinyBackbone, blobs
 
@@ -186,7 +187,8 @@ def test_path_integral_subtracts_the_regulariser_gradient():
 
 
 def test_registry_and_errors():
-    assert {"fisher", "mas", "si"} <= set(ESTIMATORS)
+    assert {"fisher", "mas", "si", "spg"} <= set(ESTIMATORS)
+    assert isinstance(make_importance("spg"), SPGImportance)  # registered in one place
     assert isinstance(make_importance("mas", granularity="batch"), MASImportance)
     est = PathIntegral()
     assert make_importance(est) is est
@@ -210,3 +212,25 @@ def test_per_sample_estimate_of_some_parameters_keeps_no_graph(estimator):
     est.setup(dict(model.backbone.named_parameters()))  # names relative to the wrong module
     with pytest.raises(ValueError, match="named_parameters"):
         est.compute(model, bench[0])
+
+
+@pytest.mark.parametrize(
+    ("head", "which", "loss_heads", "with_heads"),
+    [
+        ("task", "auto", "task", False),  # per-task heads: trained only with their task
+        ("task", "auto", "seen", True),  # later tasks train the old heads too
+        ("shared", "auto", "task", True),
+        ("task", "backbone", "seen", False),
+        ("task", "all", "task", True),
+    ],
+)
+def test_protected_parameters(head, which, loss_heads, with_heads):
+    bench = blobs()
+    model = ContinualModel(TinyBackbone(), bench.classes_per_task, head=head)
+    next(model.backbone.parameters()).requires_grad_(False)  # not trainable: not protected
+    got = protected_parameters(model, which, loss_heads)
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    want = {n for n in trainable if with_heads or n.startswith("backbone.")}
+    assert set(got) == want and all(got[n] is trainable[n] for n in got)
+    with pytest.raises(ValueError, match="protect must be one of"):
+        protected_parameters(model, "heads")

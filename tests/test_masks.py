@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from retain.core.masks import (
-    FrozenElements,
     LayerUsage,
     MaskBank,
     PackedMask,
@@ -176,48 +175,8 @@ def test_check_no_stateful_norm():
         check_no_stateful_norm(AlexNet((1, 16, 16), nhid=8, batch_norm="affine"), "x")
 
 
-@pytest.mark.parametrize(
-    "make_opt",
-    [
-        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.1),
-        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
-        lambda p: torch.optim.AdamW(p, lr=0.05, weight_decay=0.5),
-        lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.5),
-    ],
-)
-def test_frozen_elements_do_not_move_by_a_bit(make_opt):
-    torch.manual_seed(0)
-    layer = nn.Linear(10, 6)
-    frozen = torch.rand(6, 10) < 0.5
-    before = layer.weight.detach().clone()
-    freezer = FrozenElements()
-    freezer.freeze(layer.weight, frozen)
-    freezer.freeze(layer.bias, torch.zeros(6, dtype=torch.bool))  # nothing: ignored
-    assert len(freezer) == 1
-    opt = make_opt(layer.parameters())
-    for _ in range(20):
-        loss = layer(torch.randn(8, 10)).pow(2).sum()
-        opt.zero_grad()
-        loss.backward()
-        freezer.mask_grads()
-        assert torch.equal(layer.weight.grad[frozen], torch.zeros(int(frozen.sum())))
-        opt.step()
-        freezer.restore()
-        assert torch.equal(layer.weight.detach()[frozen], before[frozen])
-    assert not torch.equal(layer.weight.detach()[~frozen], before[~frozen])
-    # without restore, weight decay / momentum would have moved them: the classic leak
-    opt2 = make_opt(layer.parameters())
-    loss = layer(torch.randn(8, 10)).pow(2).sum()
-    opt2.zero_grad()
-    loss.backward()
-    freezer.mask_grads()
-    opt2.step()
-    assert not torch.equal(layer.weight.detach()[frozen], before[frozen])
-
-
 def test_a_layer_gets_one_mask():
     layer = nn.Linear(3, 2)
     attach(layer, WeightMask())
     with pytest.raises(ValueError, match="already"):
         attach(layer, WeightMask())
-

@@ -177,8 +177,8 @@ class CrashingPackNet(PackNet):
         super().__init__(**kw)
         self.n, self.steps = n, 0
 
-    def after_step(self):
-        super().after_step()
+    def after_step(self, batch, task):
+        super().after_step(batch, task)
         self.steps += 1
         if self.steps == self.n:
             raise Crash

@@ -39,9 +39,9 @@ def _train(method, task, steps=None, lr=0.1, finish=True):
         loss = method.loss(b, task)
         opt.zero_grad()
         loss.backward()
-        method.after_backward()
+        method.after_backward(b, task)
         opt.step()
-        method.after_step()
+        method.after_step(b, task)
     if finish:
         method.after_task(task)
 
@@ -206,7 +206,7 @@ def test_importance_is_configuration_and_mas_si_share_the_consumer():
     assert si.lamb == 0.5 and si.estimator.xi == 0.1
     assert isinstance(make_method("ewc").estimator, FisherImportance)
     with pytest.raises(ValueError):
-        make_method("ewc", penalize="heads")
+        make_method("ewc", protect="heads")
 
 
 def test_mas_sums_importance_over_tasks_with_the_latest_anchor():
@@ -248,7 +248,7 @@ def test_si_accumulates_the_path_integral_through_the_hooks():
         opt.zero_grad()
         loss.backward()
         opt.step()
-        si.after_step()
+        si.after_step(b, task)
         for (n, p), g, p0 in zip(params.items(), g_task, before, strict=True):
             by_hand[n] -= g * (p.detach() - p0)
     for n in params:
@@ -337,8 +337,8 @@ def _crashing(name, n, **kw):
     cls = type(make_method(name, **kw))
 
     class Crashing(cls):
-        def after_step(self):
-            super().after_step()
+        def after_step(self, batch, task):
+            super().after_step(batch, task)
             self.steps = getattr(self, "steps", 0) + 1
             if self.steps == n:
                 raise Crash

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from retain.core.importance import make_importance, task_batches
+from retain.core.estimators import make_importance
+from retain.core.importance import task_batches
 from retain.core.spg_importance import (
     SPGImportance,
     gradient_importance,
@@ -32,14 +33,15 @@ def _train(method, task, lr=0.1, epochs=1, finish=True):
     method.before_task(task)
     opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
     gen = torch.Generator().manual_seed(task.id)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        method.before_epoch(task, epoch)
         for b in method.batches(task, 16, gen):
             loss = method.loss(b, task)
             opt.zero_grad()
             loss.backward()
-            method.after_backward()
+            method.after_backward(b, task)
             opt.step()
-            method.after_step()
+            method.after_step(b, task)
     if finish:
         method.after_task(task)
 
@@ -225,7 +227,7 @@ def test_the_applied_gradient_is_one_minus_gamma_times_g(scale_head):
         loss.backward()
         raw = {n: p.grad.clone() for n, p in named.items() if p.grad is not None}
         before = {n: p.detach().clone() for n, p in named.items()}
-        spg.after_backward()
+        spg.after_backward(b, task)
         head_scale = 1 - torch.cat([g.flatten() for g in gamma.values()]).mean()
         for n, g in raw.items():
             if n in gamma:  # backbone: elementwise (1 - gamma) g
@@ -235,7 +237,7 @@ def test_the_applied_gradient_is_one_minus_gamma_times_g(scale_head):
                 want = head_scale * g if scale_head else g
             assert torch.allclose(named[n].grad, want, rtol=1e-6, atol=1e-9), n
         opt.step()
-        spg.after_step()
+        spg.after_step(b, task)
         for n in raw:  # plain SGD applies exactly the masked gradient
             want = before[n] - lr * named[n].grad
             assert torch.allclose(named[n].detach(), want, rtol=1e-6, atol=1e-8), n
@@ -254,7 +256,7 @@ def test_first_task_gradients_are_untouched():
     b = next(spg.batches(bench[0], 16, torch.Generator().manual_seed(0)))
     spg.loss(b, bench[0]).backward()
     raw = [p.grad.clone() for p in model.parameters() if p.grad is not None]
-    spg.after_backward()
+    spg.after_backward(b, bench[0])
     assert all(
         torch.equal(r, p.grad)
         for r, p in zip(raw, [p for p in model.parameters() if p.grad is not None], strict=True)
@@ -339,7 +341,7 @@ def test_registry_and_errors():
     assert isinstance(make_importance("spg", chi=False), SPGImportance)
     assert isinstance(make_method("spg"), SPG)
     with pytest.raises(ValueError):
-        make_method("spg", masked="heads")
+        make_method("spg", protect="heads")
     with pytest.raises(ValueError):
         make_method("spg", threshold=1.5)
     with pytest.raises(ValueError):

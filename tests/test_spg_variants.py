@@ -37,11 +37,11 @@ def test_hard_variant_blocks_exactly_the_thresholded_entries():
         opt.zero_grad()
         spg.loss(b, task).backward()
         raw = {n: p.grad.clone() for n, p in params.items()}
-        spg.after_backward()
+        spg.after_backward(b, task)
         for n, p in params.items():  # factor 0 where gamma > h, 1 elsewhere
             assert torch.equal(p.grad, torch.where(blocked[n], torch.zeros_like(raw[n]), raw[n]))
         opt.step()
-        spg.after_step()
+        spg.after_step(b, task)
     for n, p in params.items():
         assert torch.equal(p.detach()[blocked[n]], start[n][blocked[n]])  # bit-identical
         assert not torch.equal(p.detach()[~blocked[n]], start[n][~blocked[n]])
@@ -95,12 +95,13 @@ def test_importance_after_epoch_n_uses_the_model_after_that_epoch():
     for epoch in range(3):
         if epoch == 1:
             snapshot = copy.deepcopy(model)
+        spg.before_epoch(task, epoch)
         for b in spg.batches(task, 16, gen):
             opt.zero_grad()
             spg.loss(b, task).backward()
-            spg.after_backward()
+            spg.after_backward(b, task)
             opt.step()
-            spg.after_step()
+            spg.after_step(b, task)
     spg.after_task(task)
     est = SPGImportance()
     est.setup({"backbone." + n: p for n, p in snapshot.backbone.named_parameters()})
@@ -208,8 +209,8 @@ def _crashing(n, **kw):
     cls = type(make_method("spg", **kw))
 
     class Crashing(cls):
-        def after_step(self):
-            super().after_step()
+        def after_step(self, batch, task):
+            super().after_step(batch, task)
             self.steps = getattr(self, "steps", 0) + 1
             if self.steps == n:
                 raise Crash

@@ -132,31 +132,3 @@ def test_alexnet_zero_forgetting():
     )
     assert_old_logits_bit_identical(logits)
     assert set(method.capacity_report()["layers"]) == {"c1", "c2", "c3", "fc1", "fc2"}
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashingSupSup(SupSup):
-    def __init__(self, n, **kw):
-        super().__init__(**kw)
-        self.n, self.steps = n, 0
-
-    def after_step(self):
-        super().after_step()
-        self.steps += 1
-        if self.steps == self.n:
-            raise Crash
-
-
-@pytest.mark.parametrize("crash_at", [3, 9])  # 2 batches per epoch, 3 epochs per task
-def test_resume_inside_a_task_gives_identical_metrics(tmp_path, crash_at):
-    bench = blobs(n_tasks=2, per_class=12)
-    kw = dict(epochs=3, lr=0.01, optimizer="adam", batch_size=12, checkpoint_every=1, seed=1)
-    fit(_mlp(bench), bench, SupSup(), run_dir=tmp_path / "a", **kw)
-    with pytest.raises(Crash):
-        fit(_mlp(bench), bench, CrashingSupSup(crash_at), run_dir=tmp_path / "b", **kw)
-    fit(_mlp(bench), bench, SupSup(), run_dir=tmp_path / "b", resume=True, **kw)
-    a = (tmp_path / "a" / "metrics.json").read_bytes()
-    assert a == (tmp_path / "b" / "metrics.json").read_bytes()

@@ -30,9 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: names of the tensors every buffer stores; other keyword tensors are "extras" (e.g. logits)
-CORE_FIELDS = ("x", "y", "task_ids")
-
 
 class _Seeded:
     """A lazily seeded ``torch.Generator`` shared by the buffers' sampling code."""

@@ -10,8 +10,11 @@ Two layers:
   mask, a hard freeze) calls ``setup`` once, ``before_task`` / ``after_step`` during training
   (online estimators such as SI's path integral accumulate there) and ``compute(model, task)``
   after the task. :class:`FisherImportance`, :class:`MASImportance` and :class:`PathIntegral`
-  are registered by name in :data:`ESTIMATORS` (``make_importance("mas", granularity="batch")``);
-  SPG's gradient importance or a Taylor score plug in the same way.
+  are here; SPG's gradient importance is in :mod:`retain.core.spg_importance`; all are
+  registered by name in :mod:`retain.core.estimators` (``make_importance("mas",
+  granularity="batch")``), where a Taylor score or any other estimator plugs in the same way.
+* **Which parameters** a consumer protects (EWC's penalty, SPG's gradient mask):
+  :func:`protected_parameters`.
 
 Per-sample versus per-batch gradients
 -------------------------------------
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +49,9 @@ from torch import Tensor, nn
 
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
+
+if TYPE_CHECKING:
+    from retain.models.continual import ContinualModel
 
 #: ``forward(model, x) -> logits``: which output of the model an estimator looks at.
 Forward = Callable[[nn.Module, Tensor], Tensor]
@@ -71,6 +77,36 @@ def named_parameters(
         return dict(params)
     named = dict(model.named_parameters())
     return {n: named[n] for n in params}
+
+
+#: values of the ``protect`` option of EWC, MAS, SI and SPG (see :func:`protected_parameters`)
+PROTECT = ("auto", "backbone", "all")
+
+
+def check_protect(which: str) -> str:
+    """``which`` if it is one of :data:`PROTECT`, else a ValueError naming the option."""
+    _check("protect", which, PROTECT)
+    return which
+
+
+def protected_parameters(
+    model: ContinualModel, which: str = "auto", loss_heads: str = "task"
+) -> dict[str, Tensor]:
+    """The trainable parameters a consolidating method protects (EWC's penalty, SPG's
+    gradient mask) of a :class:`~retain.models.ContinualModel`, named as in
+    ``model.named_parameters()``.
+
+    ``which``: ``"backbone"``; ``"all"`` (backbone and heads); ``"auto"``: the backbone, plus
+    the heads when later tasks train them too (a shared head, or ``loss_heads="seen"``).
+    Per-task heads of a task-aware model are trained only with their own task, so they need
+    no protection.
+    """
+    check_protect(which)
+    if which == "auto":
+        which = "all" if model.shared_head or loss_heads == "seen" else "backbone"
+    module = model if which == "all" else model.backbone
+    prefix = "" if which == "all" else "backbone."
+    return {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
 
 
 @contextmanager
@@ -334,30 +370,6 @@ class Importance:
         pass
 
 
-ESTIMATORS: dict[str, type[Importance]] = {}
-
-
-def register_importance(cls: type[Importance]) -> type[Importance]:
-    """Class decorator: make an estimator available by its ``name``."""
-    if cls.name in ESTIMATORS:
-        raise ValueError(f"importance estimator {cls.name!r} registered twice")
-    ESTIMATORS[cls.name] = cls
-    return cls
-
-
-def make_importance(name: str | Importance, **kwargs: Any) -> Importance:
-    """An estimator by registered name (with keyword options), or ``name`` itself if it is
-    already an :class:`Importance`."""
-    if isinstance(name, Importance):
-        if kwargs:
-            raise ValueError("options can only be given with an estimator name")
-        return name
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown importance {name!r}; valid: {', '.join(sorted(ESTIMATORS))}")
-    return ESTIMATORS[name](**kwargs)
-
-
-@register_importance
 class FisherImportance(Importance):
     """Diagonal Fisher after each task (EWC), over the task's training data.
 
@@ -407,7 +419,6 @@ class FisherImportance(Importance):
         )
 
 
-@register_importance
 class MASImportance(Importance):
     """MAS importance after each task, over the task's training data (labels unused).
 
@@ -450,7 +461,6 @@ class MASImportance(Importance):
         )
 
 
-@register_importance
 class PathIntegral(Importance):
     """SI's importance (Zenke, Poole & Ganguli, ICML 2017, Eqs. 3-5), accumulated online.
 
@@ -518,7 +528,3 @@ class PathIntegral(Importance):
         self.omega = {n: t.clone() for n, t in state["omega"].items()}
         self.start = {n: t.clone() for n, t in state["start"].items()}
         self.prev = {n: t.clone() for n, t in state["prev"].items()}
-
-
-# SPG's gradient importance lives in its own module; importing it registers "spg" here.
-from retain.core import spg_importance as _spg_importance  # noqa: E402, F401

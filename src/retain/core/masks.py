@@ -20,9 +20,8 @@ What is here, from storage to the forward pass:
   ``weight * top-k(|scores|)`` with a straight-through gradient to the scores, for SupSup and
   WSN). The top-k threshold is one selection per layer per forward (:func:`kth_largest`: a
   radix pass on the float bits plus ``kthvalue`` on one bucket), never per-element Python.
-* **Exact freezing** (:class:`FrozenElements`): zero the gradients of frozen elements *and*
-  copy their values back after the optimiser step, so weight decay, momentum and AdamW cannot
-  move them by a single bit.
+
+Freezing the weights a mask protects is :class:`retain.core.freeze.Freezer`.
 """
 
 from __future__ import annotations
@@ -576,43 +575,3 @@ def topk_mask(x: Tensor, k: int, nonneg: bool = False) -> Tensor:
         flat[x.reshape(-1).topk(k, sorted=False).indices] = True
         mask = flat.view(x.shape)
     return mask
-
-
-# ================================================================================== freezing
-class FrozenElements:
-    """Hold chosen elements of parameters at fixed values, exactly, under any optimiser.
-
-    Zeroing a gradient is not enough: weight decay, momentum and AdamW's decoupled decay
-    still move an element whose gradient is zero. So: :meth:`mask_grads` after
-    ``backward()`` (so optimiser state never sees those gradients) and :meth:`restore` after
-    ``step()``, which copies the frozen values back.
-    """
-
-    def __init__(self) -> None:
-        self._items: list[tuple[Tensor, Tensor, Tensor]] = []
-
-    def clear(self) -> None:
-        self._items = []
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def freeze(self, param: Tensor, where: Tensor, values: Tensor | None = None) -> None:
-        """Hold ``param[where]`` at ``values[where]`` (default: the current values)."""
-        where = where.to(device=param.device, dtype=torch.bool)
-        if where.shape != param.shape:
-            raise ValueError(f"where has shape {tuple(where.shape)}, param {tuple(param.shape)}")
-        if not bool(where.any()):
-            return
-        held = param.detach().clone() if values is None else values.detach().to(param).clone()
-        self._items.append((param, where, held))
-
-    def mask_grads(self) -> None:
-        for p, where, _ in self._items:
-            if p.grad is not None:
-                p.grad.masked_fill_(where, 0.0)
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for p, where, held in self._items:
-            p.copy_(torch.where(where, held, p))

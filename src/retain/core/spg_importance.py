@@ -38,8 +38,7 @@ Choices, following the official code (``approaches/spg``) unless stated:
   statistics and counters) is saved before and restored after, so a BN backbone sees batch
   statistics in train mode but keeps its running statistics.
 
-Importing this module registers ``"spg"`` in :data:`~retain.core.importance.ESTIMATORS`;
-``import retain.methods`` does so (the SPG method imports it).
+It is registered as ``"spg"`` in :data:`~retain.core.estimators.ESTIMATORS`.
 """
 
 from __future__ import annotations
@@ -57,7 +56,6 @@ from retain.core.importance import (
     ImportanceDict,
     _check,
     named_parameters,
-    register_importance,
     task_batches,
     task_forward,
 )
@@ -138,7 +136,6 @@ def spg_losses(task_id: int, heads: str = "task", chi: bool = True, shared_head:
     return out
 
 
-@register_importance
 class SPGImportance(Importance):
     """SPG's normalised gradient importance ``gamma^t`` (Eqs. 1-3), in ``[0, 1]``.
 

@@ -11,9 +11,10 @@ Every group keeps, per neuron, the task that owns it (:data:`FREE` = nobody yet)
 was pruned during the current task. From these two vectors everything follows:
 
 * **persistence**: rows (incoming weights, bias, BN affine) of owned neurons never change
-  (:class:`ParamGuard` masks their gradients and restores their exact values after every
-  optimiser step, so momentum, weight decay and AdamW cannot move them; :class:`BatchNormGuard`
-  keeps their running statistics and makes them behave as in evaluation while later tasks train);
+  (:class:`ParamGuard`, the shared :class:`~retain.core.freeze.Freezer` over neuron rows and
+  columns, masks their gradients and restores their exact values after every optimiser step,
+  so momentum, weight decay and AdamW cannot move them; :class:`BatchNormGuard` keeps their
+  running statistics and makes them behave as in evaluation while later tasks train);
 * **resistance**: when a task ends (:meth:`NeuronMasks.claim`), its surviving neurons become its
   own; the columns connecting them to neurons pruned during the task are already zero (pruning
   zeroes a neuron's row *and* its outgoing columns), and since those rows are frozen the
@@ -36,6 +37,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from retain.core.freeze import Freezer
 
 FREE = -1
 """Owner id of a neuron no task has claimed yet."""
@@ -495,9 +498,6 @@ class NeuronMasks:
         """Fraction of all neurons pruned during the current task."""
         return self.n_pruned() / self.n_neurons
 
-    def column_indices(self, g: str | None, mask: Tensor | None, expand: int) -> Tensor | None:
-        return None if g is None or mask is None else _columns(mask, expand)
-
     # -------------------------------------------------------------------------- changes
     @torch.no_grad()
     def prune_(self, selection: dict[str, Tensor]) -> int:
@@ -701,29 +701,20 @@ def format_capacity(report: dict[str, Any]) -> str:
 
 
 # ====================================================================================== guards
-@dataclass
-class _Rule:
-    param: nn.Parameter
-    frozen_rows: Tensor | None = None  # indices along dim 0 whose values are fixed
-    saved: Tensor | None = None  # their values
-    zero_rows: Tensor | None = None
-    zero_cols: Tensor | None = None  # indices along dim 1
-
-
-class ParamGuard:
+class ParamGuard(Freezer):
     """Keeps owned neurons' parameters bit-exact and pruned ones zero around optimiser steps.
 
-    :meth:`mask_grads` (after ``backward``) zeroes their gradients, so optimiser state stays
-    clean; :meth:`restore` (after ``step``) writes the saved values back and re-zeroes pruned
-    entries, which makes the guarantee exact under momentum, (decoupled) weight decay and any
-    other update rule. ``whole`` parameters (e.g. finished tasks' heads) are frozen entirely;
+    The shared :class:`~retain.core.freeze.Freezer` (``mask_grads`` after ``backward``,
+    ``restore`` after ``step``) with its holds derived from the :class:`NeuronMasks`: rows of
+    owned neurons held at their values, rows of pruned neurons and the columns reading them
+    held at zero. ``whole`` parameters (e.g. finished tasks' heads) are frozen entirely;
     ``readers`` are (parameter, group, expand) triples of layers outside the graph that read a
     group (the current head) and must not see its pruned neurons.
     """
 
     def __init__(self, masks: NeuronMasks) -> None:
+        super().__init__()
         self.masks = masks
-        self.rules: list[_Rule] = []
 
     @torch.no_grad()
     def refresh(
@@ -732,29 +723,25 @@ class ParamGuard:
         readers: Iterable[tuple[nn.Parameter, str, int]] = (),
         keep_saved: bool = False,
     ) -> None:
-        """Recompute indices from the masks; save frozen values unless ``keep_saved`` (frozen
-        values never change within a task, so re-saving after a prune is not needed)."""
+        """Recompute the holds from the masks; save frozen values unless ``keep_saved``
+        (frozen values never change within a task, so re-saving after a prune is not
+        needed)."""
         m = self.masks
-        old = {id(r.param): r for r in self.rules} if keep_saved else {}
-        rules: list[_Rule] = []
+        saved: dict[int, Tensor] = {}
+        for h in self.holds if keep_saved else []:
+            if h.dim == 0 and h.values is not None:
+                saved.setdefault(id(h.param), h.values)
+        self.clear()
 
         def add(p: nn.Parameter | None, group: str | None, inputs: str | None, expand: int):
             if p is None:
                 return
-            r = _Rule(p)
             if group is not None:
-                fr = m.frozen(group).nonzero().flatten()
-                if fr.numel():
-                    r.frozen_rows = fr
-                    prev = old.get(id(p))
-                    r.saved = prev.saved if prev is not None else p.detach()[fr].clone()
-                zr = m.pruned[group].nonzero().flatten()
-                r.zero_rows = zr if zr.numel() else None
+                rows = m.frozen(group).nonzero().flatten()
+                self.freeze_slices(p, rows, values=saved.get(id(p)))
+                self.zero_slices(p, m.pruned[group].nonzero().flatten())
             if inputs is not None and p.dim() > 1:
-                zc = _columns(m.pruned[inputs], expand)
-                r.zero_cols = zc if zc.numel() else None
-            if r.frozen_rows is not None or r.zero_rows is not None or r.zero_cols is not None:
-                rules.append(r)
+                self.zero_slices(p, _columns(m.pruned[inputs], expand), dim=1)
 
         for layer in m.layers:
             s = layer.spec
@@ -766,36 +753,8 @@ class ParamGuard:
         for p, g, expand in readers:
             add(p, None, g, expand)
         for p in whole:
-            prev = old.get(id(p))
             rows = torch.arange(p.shape[0], device=p.device)
-            saved = prev.saved if prev is not None else p.detach().clone()
-            rules.append(_Rule(p, frozen_rows=rows, saved=saved))
-        self.rules = rules
-
-    @torch.no_grad()
-    def mask_grads(self) -> None:
-        for r in self.rules:
-            g = r.param.grad
-            if g is None:
-                continue
-            if r.frozen_rows is not None:
-                g.index_fill_(0, r.frozen_rows, 0)
-            if r.zero_rows is not None:
-                g.index_fill_(0, r.zero_rows, 0)
-            if r.zero_cols is not None:
-                g.index_fill_(1, r.zero_cols, 0)
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for r in self.rules:
-            p = r.param
-            if r.frozen_rows is not None:
-                assert r.saved is not None
-                p.index_copy_(0, r.frozen_rows, r.saved)
-            if r.zero_rows is not None:
-                p.index_fill_(0, r.zero_rows, 0)
-            if r.zero_cols is not None:
-                p.index_fill_(1, r.zero_cols, 0)
+            self.freeze_slices(p, rows, values=saved.get(id(p)))
 
 
 class BatchNormGuard:

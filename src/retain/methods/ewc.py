@@ -6,42 +6,26 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from retain.core.importance import Importance, make_importance
+from retain.core.estimators import make_importance
+from retain.core.importance import Importance, check_protect, protected_parameters
 from retain.core.penalty import QuadraticPenalty
 from retain.data.benchmark import Task
 from retain.methods.base import Batch, BenchmarkInfo, Method, register
-
-PENALIZE = ("auto", "backbone", "all")
 
 
 @register
 class EWC(Method):
     """EWC (Kirkpatrick et al., PNAS 2017): a quadratic penalty weighted by the Fisher.
 
+    Kirkpatrick et al., "Overcoming catastrophic forgetting in neural networks", PNAS 2017.
     Training task ``B`` after tasks ``A`` minimises Eq. 3 of the paper,
     ``L(theta) = L_B(theta) + sum_i lambda/2 * F_i (theta_i - theta*_A,i)^2``, with ``F`` the
     diagonal Fisher at the end of ``A``; with more tasks, one such term per previous task
     (``online=False``), or one running Fisher and the latest anchor (``online=True``,
-    ``F <- alpha F + (1 - alpha) F_new`` as FACIL and ScrollNet do, with ``alpha = 0.5``; with
-    ``alpha=None`` the running mean ``F <- (t F + F_new) / (t + 1)`` of HAT's code, the EWC
-    that SPG compares against).
-
-    The importance is pluggable: ``importance="mas"`` gives EWC's penalty with MAS importance,
-    ``"si"`` with SI's path integral, or pass any :class:`~retain.core.importance.Importance`.
-    See :mod:`retain.core.importance` for the Fisher's exact definition (batch gradients and
-    the model's argmax labels by default, as FACIL/ScrollNet; ``importance_args`` changes it,
-    e.g. ``{"labels": "true", "granularity": "sample"}``).
-
-    ScrollNet's EWC is ``ewc(lamb=5000, online=True, alpha=0.5,
-    importance_args={"heads": "seen"})``.
-
-    Choosing lambda: the penalty's curvature along parameter ``i`` is ``2 * scale * lamb * F_i``
-    and plain SGD with learning rate ``lr`` is only stable while ``lr * 2 * scale * lamb *
-    max F < 2``; past that the protected weights oscillate and the run diverges (NaN). The
-    Fisher's scale depends on the data and on how confident the model is (with ``max_pred``
-    labels a near-perfect model has a tiny Fisher), so lambda is not portable across
-    benchmarks: on split Fashion-MNIST with an MLP, useful values are around 1e4-1e5
-    (``docs/RESULTS.md``). The same holds for MAS's and SI's strengths.
+    ``F <- alpha F + (1 - alpha) F_new``; with ``alpha=None`` the running mean
+    ``F <- (t F + F_new) / (t + 1)``). The importance is pluggable (``importance="mas"``,
+    ``"si"``, ``"spg"`` or any :class:`~retain.core.importance.Importance`). Plain SGD stays
+    stable only while ``lr * 2 * scale * lamb * max F < 2`` (``scale = 1/2`` here).
 
     Args:
         lamb: lambda (ScrollNet's 5000 is the default).
@@ -50,12 +34,15 @@ class EWC(Method):
         online: one running importance (see above) instead of one term per task.
         alpha: weight of the old importance in online mode; None: the running mean over
             tasks (HAT's and SPG's EWC).
-        penalize: which parameters: ``"backbone"``; ``"all"`` (backbone and heads);
-            ``"auto"`` (default) = the backbone, plus the heads when later tasks train them
-            too (a shared head, or ``loss_heads="seen"``). Per-task heads of a task-aware
-            model are not trained after their task, so they need no penalty.
+        protect: which parameters are penalised: ``"backbone"``; ``"all"`` (backbone and
+            heads); ``"auto"`` (default) = the backbone, plus the heads when later tasks train
+            them too (a shared head, or ``loss_heads="seen"``). Per-task heads of a task-aware
+            model are not trained after their task, so they need no penalty
+            (:func:`~retain.core.importance.protected_parameters`, as SPG's mask).
         loss_heads: see :class:`~retain.methods.Method`; also the default output the
             importance is computed on.
+
+    Deviations and choices: docs/methods/ewc.md
     """
 
     name = "ewc"
@@ -73,30 +60,23 @@ class EWC(Method):
         importance_args: dict[str, Any] | None = None,
         online: bool = False,
         alpha: float | None = 0.5,
-        penalize: str = "auto",
+        protect: str = "auto",
         loss_heads: str = "task",
     ) -> None:
         super().__init__(loss_heads=loss_heads)
         if lamb < 0:
             raise ValueError(f"lamb must be >= 0, got {lamb}")
-        if penalize not in PENALIZE:
-            raise ValueError(f"penalize must be one of {', '.join(PENALIZE)}, got {penalize!r}")
         self.lamb = float(lamb)
         self.estimator = make_importance(importance, **(importance_args or {}))
         self.online = online
         self.alpha = alpha
-        self.penalize = penalize
+        self.protect = check_protect(protect)
         self.penalty: QuadraticPenalty | None = None
 
     # ------------------------------------------------------------------ hooks
     def setup(self, model, info: BenchmarkInfo | None) -> None:
         super().setup(model, info)
-        penalize = self.penalize
-        if penalize == "auto":
-            penalize = "all" if model.shared_head or self.loss_heads == "seen" else "backbone"
-        module = model if penalize == "all" else model.backbone
-        prefix = "" if penalize == "all" else "backbone."
-        params = {prefix + n: p for n, p in module.named_parameters() if p.requires_grad}
+        params = protected_parameters(model, self.protect, self.loss_heads)
         online_mode = "mean" if self.alpha is None else "ema"
         mode = online_mode if self.online else self.offline_mode
         alpha = 0.5 if self.alpha is None else self.alpha
@@ -124,7 +104,7 @@ class EWC(Method):
         reg = self.regularizer()
         return loss if reg is None else loss + reg
 
-    def after_step(self) -> None:
+    def after_step(self, batch: Batch, task: Task) -> None:
         self.estimator.after_step()
 
     def after_task(self, task: Task) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retain.core.freeze import Freezer
 from retain.core.masks import (
-    FrozenElements,
     LayerUsage,
     MaskBank,
     capacity_report,
@@ -26,55 +24,36 @@ from retain.methods.base import Batch, Method, register
 class HAT(Method):
     """HAT: a learned, almost binary attention mask per task on every unit (task-aware).
 
-    Serra et al., "Overcoming catastrophic forgetting with hard attention to the task",
-    ICML 2018 (equation numbers of the arXiv/PMLR version):
+    Serra, Suris, Miron & Karatzoglou, "Overcoming catastrophic forgetting with hard attention
+    to the task", ICML 2018 (equation numbers of the arXiv/PMLR version). Every
+    ``nn.Linear`` / ``nn.Conv2d`` layer ``l`` of the backbone has an embedding ``e_l^t`` per
+    task, and its output units are gated by::
 
-    * every ``nn.Linear`` / ``nn.Conv2d`` layer ``l`` of the backbone has a task embedding
-      ``e_l^t`` per task; its output units (channels) are gated by
-      ``a_l^t = sigmoid(s * e_l^t)`` (Eqs. 1-2);
-    * the slope ``s`` is annealed within every epoch from ``1/s_max`` to ``s_max`` over the
-      batches ``b = 1..B``: ``s = 1/s_max + (s_max - 1/s_max)(b - 1)/(B - 1)`` (Eq. 5);
-      inference uses ``s = s_max``;
-    * after a task, the cumulative attention ``a^{<=t} = max(a^t, a^{<=t-1})`` (Eq. 3)
-      conditions the gradients of later tasks:
-      ``g'_{l,ij} = [1 - min(a^{<=t}_{l,i}, a^{<=t}_{l-1,j})] g_{l,ij}`` (Eq. 4), and biases by
-      ``1 - a^{<=t}_{l,i}``; the first layer has no attention on its inputs;
-    * the embedding gradient is compensated for the annealing:
-      ``q' = s_max [cosh(s e) + 1] / (s [cosh(e) + 1]) q`` (Eq. 6), with ``s e`` clamped to
-      ``+-thres_cosh`` (official code: 50);
-    * the sparsity regulariser ``c * R``, ``R = sum a^t (1 - a^{<t}) / sum (1 - a^{<t})`` over
-      all units of all layers (Eqs. 7-8) promotes low capacity use;
-    * after every optimiser step the embeddings are clamped to ``+-thres_emb`` and gradients
-      are clipped at norm ``clip_grad`` (official code: 6 and 10000).
+        a_l^t = sigmoid(s e_l^t)                                          (Eqs. 1-2)
+        a^{<=t} = max(a^t, a^{<=t-1})                                     (Eq. 3)
+        g'_{l,ij} = [1 - min(a^{<=t}_{l,i}, a^{<=t}_{l-1,j})] g_{l,ij}     (Eq. 4; bias: 1 - a_l)
+        s = 1/s_max + (s_max - 1/s_max)(b - 1)/(B - 1), b = 1..B per epoch    (Eq. 5)
+        q' = s_max [cosh(s e) + 1] / (s [cosh(e) + 1]) q                  (Eq. 6)
+        L + c R,  R = sum a^t (1 - a^{<t}) / sum (1 - a^{<t})             (Eqs. 7-8)
 
-    Embeddings start from N(0, 1) (the official code's ``nn.Embedding``). Each task has its own
-    head, trained only with it. HAT is task-aware (``task_agnostic = False``).
-
-    **Binarised masks** (``binarize=True``, default): at the end of a task its attention
-    ``sigmoid(s_max e)`` is thresholded at 0.5 (i.e. ``e > 0``) and the binary mask is what is
-    stored, used at inference and accumulated into ``a^{<=t}``. Then Eq. 4 is exactly 0 or 1,
-    every weight an old task uses is frozen, and freezing is made exact under weight decay,
-    momentum and AdamW (values restored after every step): old tasks' logits are bit-identical
-    after any later task (BWT = 0). With ``binarize=False`` the masks stay the real-valued
-    ``sigmoid(s_max e)`` as in the paper; gradients of partly attended weights are only
-    scaled down, so a little forgetting remains (only elements with factor exactly 0 are held).
-
-    Gates act on each layer's output (a forward hook), which equals the paper's gating after
-    ReLU, dropout and max-pool for the built-in MLP and AlexNet (positive per-unit factors
-    commute with all three). The backbone must be a chain: the input of each masked layer is
-    the previous one's units (a flattened conv map counts each channel ``h*w`` times).
+    Inference uses ``s = s_max``; with ``binarize`` the stored masks are ``e > 0``, so every
+    weight an old task uses is frozen exactly (BWT = 0). Each task has its own head.
 
     Args:
         smax: ``s_max`` (400 in the paper).
         c: weight of the sparsity regulariser (0.75 in the paper).
-        thres_cosh: clamp of ``s e`` inside the cosh of Eq. 6.
-        thres_emb: clamp of the embeddings after every step.
-        clip_grad: max gradient norm (None: no clipping).
-        binarize: store binary inference masks (see above).
+        thres_cosh: clamp of ``s e`` inside the cosh of Eq. 6 (official code: 50).
+        thres_emb: clamp of the embeddings after every step (official code: 6).
+        clip_grad: max gradient norm (official code: 10000; None: no clipping).
+        binarize: store binary inference masks (default; False: the paper's real-valued
+            ``sigmoid(s_max e)``, which leaves a little forgetting).
+
+    Deviations and choices: docs/methods/hat.md
     """
 
     name = "hat"
     task_agnostic = False
+    shared_forward = False
 
     def __init__(
         self,
@@ -100,8 +79,7 @@ class HAT(Method):
         self.emb: list[list[nn.Parameter]] = []  # [task][layer]
         self.task_masks: list[list[Tensor]] = []  # stored inference masks [task][layer]
         self.a_cum: list[Tensor] = []
-        self.s = self.smax
-        self.freezer = FrozenElements()
+        self.freezer = Freezer()
         self._grad_masks: list[tuple[Tensor, Tensor | None]] = []
         self._gates: list[Tensor] | None = None
         self._params: list[nn.Parameter] = []
@@ -163,7 +141,9 @@ class HAT(Method):
         return [(x > 0.5).to(x.dtype) for x in a] if self.binarize else a
 
     def anneal(self, batch_index: int, n_batches: int) -> float:
-        """Eq. 5 with ``b = batch_index + 1``, ``B = n_batches``."""
+        """Eq. 5 with ``b = batch_index + 1``, ``B = n_batches``: the ``s`` of a training
+        batch is ``anneal(batch.index, batch.of)`` (used by :meth:`loss` and
+        :meth:`after_backward`)."""
         if n_batches <= 1:
             return self.smax
         return 1 / self.smax + (self.smax - 1 / self.smax) * batch_index / (n_batches - 1)
@@ -202,7 +182,10 @@ class HAT(Method):
 
     def before_task(self, task: Task) -> None:
         super().before_task(task)
-        self.s = self.smax
+        self._prepare()
+
+    def resume_task(self, task: Task) -> None:
+        super().resume_task(task)
         self._prepare()
 
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
@@ -214,17 +197,11 @@ class HAT(Method):
         )
         return self._params
 
-    def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
-        n_batches = math.ceil(len(task.y_train) / batch_size)
-        for b, batch in enumerate(super().batches(task, batch_size, generator)):
-            self.s = self.anneal(b, n_batches)
-            yield batch
-
     def loss(self, batch: Batch, task: Task) -> Tensor:
         assert self.model is not None
         if batch.task is None:
             raise ValueError("hat trains on one task's batches (batch.task must be set)")
-        masks = self.attention(task.id, self.s)
+        masks = self.attention(task.id, self.anneal(batch.index, batch.of))
         self._gates = masks
         try:
             logits = self.model(batch.x, task_id=task.id)
@@ -233,13 +210,13 @@ class HAT(Method):
         return F.cross_entropy(logits, batch.y) + self.c * self.regulariser(masks)
 
     @torch.no_grad()
-    def after_backward(self) -> None:
+    def after_backward(self, batch: Batch, task: Task) -> None:
         for (wmask, bmask), layer in zip(self._grad_masks, self.layers.values(), strict=False):
             if layer.weight.grad is not None:
                 layer.weight.grad.mul_(wmask)
             if bmask is not None and layer.bias.grad is not None:
                 layer.bias.grad.mul_(bmask)
-        t, s = self.current_task, self.s
+        t, s = self.current_task, self.anneal(batch.index, batch.of)
         for e in self.emb[t]:
             if e.grad is not None:
                 num = torch.cosh((s * e).clamp(-self.thres_cosh, self.thres_cosh)) + 1
@@ -250,7 +227,7 @@ class HAT(Method):
             torch.nn.utils.clip_grad_norm_(params, self.clip_grad)
 
     @torch.no_grad()
-    def after_step(self) -> None:
+    def after_step(self, batch: Batch, task: Task) -> None:
         for e in self.emb[self.current_task]:
             e.clamp_(-self.thres_emb, self.thres_emb)
         self.freezer.restore()
@@ -267,7 +244,6 @@ class HAT(Method):
         self.a_cum = [torch.maximum(a, m) for a, m in zip(self.a_cum, masks, strict=True)]
         self.freezer.clear()
         self._grad_masks = []
-        self.s = self.smax
 
     # ------------------------------------------------------------------ inference
     def forward_task(self, x: Tensor, task_id: int) -> Tensor:
@@ -278,19 +254,6 @@ class HAT(Method):
             return self.model(x, task_id=task_id)
         finally:
             self._gates = None
-
-    @torch.inference_mode()
-    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
-        """With ``task_id``: its logits. Without: every task's own logits (each through its
-        own masks) concatenated, for tasks ``< upto``."""
-        if task_id is not None:
-            return self.forward_task(x, task_id)
-        upto = self.current_task + 1 if upto is None else upto
-        return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
-
-    @torch.inference_mode()
-    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, None]:
-        return self.forward_task(x, task_id), None
 
     # ------------------------------------------------------------------ reports and state
     def capacity_report(self) -> dict[str, Any]:
@@ -360,5 +323,3 @@ class HAT(Method):
         device = self.a_cum[0].device if self.a_cum else "cpu"
         self.task_masks = [[m.to(device) for m in row] for row in state["task_masks"]]
         self.a_cum = [a.to(device) for a in state["a_cum"]]
-        if self.current_task >= len(self.task_masks):  # resumed inside a task
-            self._prepare()

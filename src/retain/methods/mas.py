@@ -27,7 +27,9 @@ class MAS(EWC):
         importance_args: options of :class:`~retain.core.importance.MASImportance`
             (``granularity``: ``"batch"``, the official code's, by default, or the paper's
             per-sample ``"sample"``; ``squared``; ``heads``; ...).
-        online, alpha, penalize, loss_heads: as :class:`~retain.methods.ewc.EWC`.
+        online, alpha, protect, loss_heads: as :class:`~retain.methods.ewc.EWC`.
+
+    Deviations and choices: docs/methods/ewc.md#mas
     """
 
     name = "mas"
@@ -40,7 +42,7 @@ class MAS(EWC):
         importance_args: dict[str, Any] | None = None,
         online: bool = False,
         alpha: float | None = 0.5,
-        penalize: str = "auto",
+        protect: str = "auto",
         loss_heads: str = "task",
     ) -> None:
         super().__init__(
@@ -49,6 +51,6 @@ class MAS(EWC):
             importance_args=importance_args,
             online=online,
             alpha=alpha,
-            penalize=penalize,
+            protect=protect,
             loss_heads=loss_heads,
         )

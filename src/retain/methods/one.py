@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import copy
 
-import torch
 from torch import Tensor
 
+from retain.core.distill import frozen_copy
 from retain.data.benchmark import Task
 from retain.methods.base import Method, register
 from retain.models.continual import ContinualModel
@@ -19,9 +19,12 @@ class One(Method):
     Task-aware prediction uses the copy trained on that task. Task-agnostic prediction
     concatenates every copy's own head (an ensemble of independent experts), so it measures
     how well separate models' confidences compare, not continual learning.
+
+    Deviations and choices: docs/methods/baselines.md#one
     """
 
     name = "one"
+    shared_forward = False
 
     def __init__(self) -> None:
         super().__init__(loss_heads="task")
@@ -39,25 +42,15 @@ class One(Method):
 
     def after_task(self, task: Task) -> None:
         assert self.model is not None
-        expert = copy.deepcopy(self.model).eval()
-        for p in expert.parameters():
-            p.requires_grad_(False)
-        self.experts.append(expert)
+        self.experts.append(frozen_copy(self.model))
 
     def _expert(self, task_id: int) -> ContinualModel:
         assert self.model is not None
         return self.experts[task_id] if task_id < len(self.experts) else self.model
 
-    @torch.inference_mode()
-    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
-        if task_id is not None:
-            return self._expert(task_id)(x, task_id=task_id)
-        upto = self.current_task + 1 if upto is None else upto
-        return torch.cat([self._expert(t)(x, task_id=t) for t in range(upto)], dim=1)
-
-    @torch.inference_mode()
-    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, Tensor]:
-        return self.predict(x, task_id=task_id), self.predict(x, upto=upto)
+    def forward_task(self, x: Tensor, task_id: int) -> Tensor:
+        """Task ``task_id``'s logits from its own expert (the model itself while it trains)."""
+        return self._expert(task_id)(x, task_id=task_id)
 
     def state_dict(self) -> dict:
         return {
@@ -72,6 +65,6 @@ class One(Method):
         self._initial = state["initial"]
         self.experts = []
         for sd in state["experts"]:
-            expert = copy.deepcopy(self.model).eval()
+            expert = frozen_copy(self.model)  # frozen like the experts after_task makes
             expert.load_state_dict(sd)
             self.experts.append(expert)

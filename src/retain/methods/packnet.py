@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from retain.core.freeze import Freezer
 from retain.core.masks import (
-    FrozenElements,
     MaskBank,
     WeightMask,
     attach,
@@ -20,7 +20,7 @@ from retain.core.masks import (
     topk_mask,
 )
 from retain.data.benchmark import Task
-from retain.methods.base import Method, register
+from retain.methods.base import Batch, Method, register
 
 
 @register
@@ -38,13 +38,8 @@ class PackNet(Method):
     3. Retrain the kept weights for ``retrain_epochs`` with the pruned ones held at zero.
     4. Freeze them. Task ``t``'s inference mask is every weight owned by tasks ``0..t``.
 
-    As in the paper, biases (and any other backbone parameter) are trained with the first task
-    only and fixed afterwards; each task's head is its own and trained only with it. Frozen
-    values are exact under any optimiser (gradients zeroed *and* values restored after every
-    step: weight decay and momentum cannot move them), so a task's task-aware predictions
-    never change after it is learned (BWT = 0, bit for bit).
-
-    Task-aware only (``task_agnostic = False``): prediction needs the task's mask.
+    Frozen values are exact under any optimiser, so a task's task-aware predictions never
+    change after it is learned (BWT = 0). Task-aware only: prediction needs the task's mask.
 
     Args:
         prune_ratio: fraction of the free weights of each layer released after every task
@@ -53,15 +48,12 @@ class PackNet(Method):
         retrain_epochs: epochs of post-prune retraining (default: half the task's epochs,
             rounded up; 0 skips it).
 
-    Deviations and choices (the paper leaves them open): a per-task head replaces the paper's
-    per-task classifier layers (same thing); pruning is per layer among free weights only;
-    freed weights restart from zero for the next task; BatchNorm with learnable parameters or
-    running statistics is refused (the paper freezes BN with the first task on ImageNet
-    networks; retain's built-in CL backbones have none unless asked).
+    Deviations and choices: docs/methods/packnet.md
     """
 
     name = "packnet"
     task_agnostic = False
+    shared_forward = False
 
     def __init__(self, prune_ratio: float | None = 0.5, retrain_epochs: int | None = None) -> None:
         super().__init__(loss_heads="task")
@@ -73,7 +65,7 @@ class PackNet(Method):
         self.retrain_epochs = retrain_epochs
         self.layers: dict[str, nn.Module] = {}
         self.bank = MaskBank()
-        self.freezer = FrozenElements()
+        self.freezer = Freezer()
         self._phase = "idle"  # idle | train | retrain
         self._keep: dict[str, Tensor] | None = None
         self._eval: tuple[int, dict[str, Tensor]] | None = None
@@ -117,6 +109,12 @@ class PackNet(Method):
         self._phase, self._keep, self._eval = "train", None, None
         self._prepare()
 
+    def resume_task(self, task: Task) -> None:
+        """The phase (training or retraining after the prune) and the kept weights come from
+        the state; freeze what that phase must not change."""
+        super().resume_task(task)
+        self._prepare()
+
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:
         assert self.model is not None
         weights = list(self._weights().values())
@@ -125,10 +123,10 @@ class PackNet(Method):
         others = [p for p in self.model.backbone.parameters() if id(p) not in ids]
         return weights + (others if task.id == 0 else []) + self.model.head_parameters([task.id])
 
-    def after_backward(self) -> None:
+    def after_backward(self, batch: Batch, task: Task) -> None:
         self.freezer.mask_grads()
 
-    def after_step(self) -> None:
+    def after_step(self, batch: Batch, task: Task) -> None:
         self.freezer.restore()
 
     def keep_fraction(self, task_id: int) -> float:
@@ -203,19 +201,6 @@ class PackNet(Method):
             for layer in self.layers.values():
                 mask_of(layer).mask = None
 
-    @torch.inference_mode()
-    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
-        """With ``task_id``: its logits. Without: every task's own logits (each through its
-        own mask) concatenated, for tasks ``< upto``."""
-        if task_id is not None:
-            return self.forward_task(x, task_id)
-        upto = self.current_task + 1 if upto is None else upto
-        return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
-
-    @torch.inference_mode()
-    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, None]:
-        return self.forward_task(x, task_id), None
-
     # ------------------------------------------------------------------ reports and state
     def capacity_report(self) -> dict[str, Any]:
         """Per backbone layer and overall after the tasks so far: weights used (owned by a
@@ -244,5 +229,3 @@ class PackNet(Method):
         self._phase = state["phase"]
         self._keep = state["keep"]
         self._eval = None
-        if self._phase in ("train", "retrain"):
-            self._prepare()

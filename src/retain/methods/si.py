@@ -9,9 +9,9 @@ from retain.methods.ewc import EWC
 
 @register
 class SI(EWC):
-    """SI (Zenke, Poole & Ganguli, ICML 2017): importance from each parameter's contribution
-    to the decrease of the loss along the training trajectory.
+    """SI (Zenke et al., ICML 2017): importance = a weight's share of the loss decrease.
 
+    Zenke, Poole & Ganguli, "Continual Learning Through Synaptic Intelligence", ICML 2017.
     During task ``mu`` every step adds ``-g_k * Delta theta_k`` to ``omega_k`` (Eq. 3, with
     ``g`` the gradient of the unregularised task loss, as the official code); at the end of
     the task ``Omega_k += omega_k / ((Delta_k)^2 + xi)`` (Eq. 5, ``Delta_k`` the change of
@@ -23,8 +23,10 @@ class SI(EWC):
     Args:
         c: the regularisation strength.
         xi: the damping; the paper used 1e-3 (split MNIST, CIFAR) and 0.1 (permuted MNIST).
-        penalize, loss_heads: as :class:`~retain.methods.ewc.EWC`; the path integral covers
+        protect, loss_heads: as :class:`~retain.methods.ewc.EWC`; the path integral covers
             exactly the penalised parameters.
+
+    Deviations and choices: docs/methods/ewc.md#si
     """
 
     name = "si"
@@ -36,11 +38,11 @@ class SI(EWC):
         self,
         c: float = 1.0,
         xi: float = 1e-3,
-        penalize: str = "auto",
+        protect: str = "auto",
         loss_heads: str = "task",
     ) -> None:
         super().__init__(
-            lamb=c, importance=PathIntegral(xi=xi), penalize=penalize, loss_heads=loss_heads
+            lamb=c, importance=PathIntegral(xi=xi), protect=protect, loss_heads=loss_heads
         )
         self.c = c
         self.xi = xi

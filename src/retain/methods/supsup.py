@@ -38,9 +38,6 @@ class SupSup(Method):
     gradient. After the task ``M^t`` is stored bit-packed; task ``t`` is evaluated with
     ``f(x, W * M^t)`` and its head. Nothing an old task uses can change (BWT = 0, bit for bit).
 
-    Scores start fresh for every task (Kaiming uniform, as edge-popup initialises them).
-    Biases are set to zero and frozen (SupSup's networks have none). Task-aware only.
-
     Args:
         density: fraction of each layer's weights a supermask keeps (``k`` of edge-popup;
             SupSup's networks use 0.5 in most experiments).
@@ -48,14 +45,12 @@ class SupSup(Method):
             masks every layer including the output one (default). ``False``: train the
             task's head as an ordinary dense layer instead.
 
-    Hyperparameters: edge-popup trains scores with SGD (lr 0.1, momentum 0.9, weight decay
-    1e-4, cosine schedule) on large nets; SupSup's MNIST-size nets use RMSProp or Adam at small
-    learning rates. Scores here start at about ``1/sqrt(fan_in)``, so with plain SGD a large lr
-    (e.g. 0.1-1) is needed; Adam at 1e-3 to 1e-2 works out of the box.
+    Deviations and choices: docs/methods/supsup.md
     """
 
     name = "supsup"
     task_agnostic = False
+    shared_forward = False
 
     def __init__(self, density: float = 0.5, mask_heads: bool = True) -> None:
         super().__init__(loss_heads="task")
@@ -150,19 +145,6 @@ class SupSup(Method):
         finally:
             for layer in self.layers.values():
                 mask_of(layer).mask = None
-
-    @torch.inference_mode()
-    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
-        """With ``task_id``: its logits. Without: every task's own logits (each through its
-        own supermask) concatenated, for tasks ``< upto``."""
-        if task_id is not None:
-            return self.forward_task(x, task_id)
-        upto = self.current_task + 1 if upto is None else upto
-        return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
-
-    @torch.inference_mode()
-    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, None]:
-        return self.forward_task(x, task_id), None
 
     # ------------------------------------------------------------------ reports and state
     def capacity_report(self) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from retain.core.freeze import Freezer
 from retain.core.masks import (
-    FrozenElements,
     MaskBank,
     ScoreMask,
     attach,
@@ -19,7 +19,7 @@ from retain.core.masks import (
 )
 from retain.core.task_norm import TaskBatchNorm, set_task, use_task_norm
 from retain.data.benchmark import Task
-from retain.methods.base import Method, register
+from retain.methods.base import Batch, Method, register
 
 
 @register
@@ -28,81 +28,35 @@ class WSN(Method):
 
     Kang, Mina, Madjid, Yoon, Hasegawa-Johnson, Hwang & Yoo, "Forget-free Continual Learning
     with Winning Subnetworks", ICML 2022, Algorithm 1. Every ``nn.Linear`` / ``nn.Conv2d`` of
-    the backbone carries a real *score* ``s`` per weight beside the weight ``theta``
-    (both Kaiming-uniform initialised, as the official code). For task ``t``:
+    the backbone carries a real score ``s`` per weight beside the weight ``theta``. Task ``t``:
 
-    * **lines 3-4**: every forward pass takes the task's mask ``m_t`` = the top-``capacity``
-      fraction of ``|s|`` *in each layer* (exactly ``round(c * n)`` of a layer's ``n``
-      weights);
-    * **line 5**: the loss is computed with the weights ``theta * m_t``;
-    * **line 6**: the weights are updated with ``dL/dtheta * (1 - M_{t-1})``: weights used by
-      an earlier task are never changed (and weights outside ``m_t`` get no gradient anyway);
-    * **line 7**: the scores are always updated, with the straight-through gradient of the
-      top-k (``dL/ds = sign(s) * dL/d(theta*m) * theta``, edge-popup's estimator);
-    * **line 9**, after the task: ``M_t = M_{t-1} OR m_t``; ``m_t`` is stored (bit-packed and
-      entropy-coded, the paper's "compress binary mask M with Huffman encoder").
+    * lines 3-4: ``m_t`` = the top-``capacity`` fraction of ``|s|`` in each layer (exactly
+      ``round(c * n)`` of a layer's ``n`` weights), taken in every forward pass;
+    * line 5: the loss is computed with the weights ``theta * m_t``;
+    * line 6: ``theta <- theta - lr * dL/dtheta * (1 - M_{t-1})``: weights of earlier tasks
+      never change, exactly under any optimiser (``retain.core.freeze.Freezer``);
+    * line 7: the scores always learn, straight-through: ``dL/ds = sign(s) dL/d(theta m) theta``;
+    * line 9, after the task: ``M_t = M_{t-1} OR m_t``; ``m_t`` is stored, coded given
+      ``M_{t-1}``.
 
-    Task ``t`` is then evaluated with its stored mask and its own head (task-aware only).
-    Freezing is exact under any optimiser: gradients under ``M_{t-1}`` are zeroed *and* the
-    frozen values are copied back after every step (``retain.core.masks.FrozenElements``), so
-    SGD momentum, weight decay and AdamW cannot move them by a bit; an earlier task's
-    task-aware logits are bit-identical after any later task (BWT = 0, measured by re-testing
-    every task after every task, not copied forward as the official scripts do).
-
-    How it is computed: the mask of a layer is one threshold per layer per step:
-    ``retain.core.masks.kth_largest`` on ``|s|`` flattened (a radix pass over the float bits
-    that narrows to one bucket, then ``torch.kthvalue`` on that bucket; plain ``kthvalue`` on
-    layers under 65,536 weights), a compare, and an exact ``topk`` only if ties at the
-    threshold would change the count.
-
-    Mask memory and CAP: ``m_t`` is coded *given* ``M_{t-1}`` (``encode_mask(..., given=)``):
-    the reused weights as a stream inside ``M_{t-1}``, the newly claimed ones as a stream
-    outside it, each Huffman/run-length coded at its own density. The codes are
-    self-contained in task order (the decoder rebuilds ``M_{t-1}`` from the earlier codes).
-    ``extra_metrics()["capacity"]`` holds per layer and overall the used weights ``|M_T|``,
-    raw bits (1 per weight per task), packed and encoded bytes, and
-    ``cap = (|M_T| + 8 * encoded bytes / 32) / weights`` (the paper's CAP, from real encoded
-    byte strings) and ``cap_raw`` (masks at 1 bit per weight). ``extra_metrics()["reuse"]``
-    holds per task and layer the weights ``m_t`` keeps, reuses from ``M_{t-1}``, newly
-    claims, shares with *every* earlier task's mask (the paper's reuse plots) and the bits of
-    its code. CAP covers the masked backbone layers; the per-task heads are dense as in the
-    official code and not counted.
+    Task ``t`` is evaluated with its stored mask and its own head (task-aware only, BWT = 0).
+    ``extra_metrics()`` holds ``capacity`` (CAP from the real encoded masks) and ``reuse``.
 
     Args:
         capacity: ``c``, the fraction of each layer's weights a task's mask keeps (the
-            official scripts' ``--sparsity``, which despite its name is this kept fraction;
-            the paper reports 0.03, 0.05, 0.1, 0.3, 0.5).
-        reset_scores: re-initialise the scores before every task after the first. Default
-            ``False``, as the official code: scores are shared across tasks and never reset
-            or frozen, so a task's mask starts from the previous task's (biased to reuse).
+            official scripts' ``--sparsity``).
+        reset_scores: re-initialise the scores before every task after the first (default
+            ``False``: shared across tasks and never reset, as the official code).
         task_norm: give every statistics-free BatchNorm running statistics per task
-            (:class:`~retain.core.task_norm.TaskBatchNorm`): task ``t`` trains and updates its
-            own row and is evaluated with it, so test predictions no longer depend on the test
-            batch (notes, section 10). Default ``False``: batch statistics, as the code.
+            (:class:`~retain.core.task_norm.TaskBatchNorm`), so test predictions do not depend
+            on the test batch; default ``False``: batch statistics, as the official code.
 
-    Details as in the official code: scores and weights sit in the same optimiser with the
-    same lr (the paper uses Adam, lr 1e-3, and a fresh optimiser per task, as ``retain.fit``
-    makes); the heads are ordinary dense layers, one per task, trained only with their task;
-    BatchNorm must have neither affine parameters nor running statistics (the official
-    ``track_running_stats=False, affine=False``; ``AlexNet(batch_norm="stats_free")``), so test
-    accuracy then depends on the test batch. The official nets have no biases (use
-    ``MLP(..., bias=False)``); if the backbone has biases (or any other parameter besides the
-    masked weights) they are trained with the first task only and fixed afterwards, as in
-    PackNet.
-
-    Deviations (notes, section 10): the parameter is called ``capacity``, not ``sparsity``;
-    the stored ``m_t`` is recomputed from the final scores after the task (the official code
-    stores the mask of the last training forward, which can differ from the restored
-    weights'; retain has no best-validation restore, so the final state is the kept one);
-    CAP counts real encoded bytes (the official "Huffman" on the 0/1 characters of a mask
-    cannot compress, and its ratio came from Python object sizes); the kept count is
-    ``round(c * n)`` (the official ``1 + round((1 - c)(n - 1))``-th smallest threshold differs
-    by at most one weight); the official lr-plateau schedule with best-validation restore is
-    not modelled (use the engine's ``lr_milestones``).
+    Deviations and choices: docs/methods/wsn.md
     """
 
     name = "wsn"
     task_agnostic = False
+    shared_forward = False
 
     def __init__(
         self, capacity: float = 0.5, reset_scores: bool = False, task_norm: bool = False
@@ -116,9 +70,8 @@ class WSN(Method):
         self.norms: list[TaskBatchNorm] = []
         self.layers: dict[str, nn.Module] = {}
         self.bank = MaskBank()
-        self.freezer = FrozenElements()
+        self.freezer = Freezer()
         self.reuse: list[dict[str, dict[str, int]]] = []  # per task, per layer
-        self._training = False
         self._eval: tuple[int, dict[str, Tensor]] | None = None
 
     # ------------------------------------------------------------------ setup
@@ -156,12 +109,6 @@ class WSN(Method):
             return self.bank.union(name, device=device)
         return torch.zeros(raw_weight(self.layers[name]).shape, dtype=torch.bool, device=device)
 
-    def task_mask(
-        self, task_id: int, device: torch.device | str | None = None
-    ) -> dict[str, Tensor]:
-        """The stored mask ``m_t`` of a learned task, by layer name (bool)."""
-        return {name: self.bank.get(task_id, name, device=device) for name in self.layers}
-
     def _prepare(self) -> None:
         """Freeze the weights of ``M_{t-1}`` (before a task, or after a mid-task resume)."""
         self.freezer.clear()
@@ -177,7 +124,11 @@ class WSN(Method):
             mask.mask = None
             if self.reset_scores and task.id > 0:
                 mask.reset_scores()
-        self._training = True
+        set_task(self.norms, task.id)
+        self._prepare()
+
+    def resume_task(self, task: Task) -> None:
+        super().resume_task(task)
         set_task(self.norms, task.id)
         self._prepare()
 
@@ -195,10 +146,10 @@ class WSN(Method):
             + self.model.head_parameters([task.id])
         )
 
-    def after_backward(self) -> None:
+    def after_backward(self, batch: Batch, task: Task) -> None:
         self.freezer.mask_grads()  # Algorithm 1, line 6: dL/dtheta * (1 - M_{t-1})
 
-    def after_step(self) -> None:
+    def after_step(self, batch: Batch, task: Task) -> None:
         self.freezer.restore()  # exact under weight decay / momentum / AdamW
 
     @torch.no_grad()
@@ -222,7 +173,6 @@ class WSN(Method):
         del self.reuse[task.id :]
         self.reuse.append(stats)
         self.freezer.clear()
-        self._training = False
         self._eval = None
 
     def _shared_with_all(self, upto: int) -> dict[str, Tensor] | None:
@@ -263,19 +213,6 @@ class WSN(Method):
                     mask_of(layer).mask = None
             set_task(self.norms, max(self.current_task, 0))
 
-    @torch.inference_mode()
-    def predict(self, x: Tensor, task_id: int | None = None, upto: int | None = None) -> Tensor:
-        """With ``task_id``: its logits. Without: every task's own logits (each through its
-        own mask) concatenated, for tasks ``< upto``."""
-        if task_id is not None:
-            return self.forward_task(x, task_id)
-        upto = self.current_task + 1 if upto is None else upto
-        return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
-
-    @torch.inference_mode()
-    def predict_both(self, x: Tensor, task_id: int, upto: int) -> tuple[Tensor, None]:
-        return self.forward_task(x, task_id), None
-
     # ------------------------------------------------------------------ reports and state
     def capacity_report(self) -> dict[str, Any]:
         """Per masked layer and overall after the tasks so far: weights used (``M_t``) and
@@ -308,16 +245,11 @@ class WSN(Method):
             **super().state_dict(),
             "bank": self.bank.state_dict(),
             "reuse": [dict(t) for t in self.reuse],
-            "training": self._training,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.bank.load_state_dict(state["bank"])
-        self.reuse = [dict(t) for t in state["reuse"]]
-        self._training = bool(state["training"])
+        self.reuse = [dict(t) for t in state["reuse"]]  # (older checkpoints: also "training")
         self._eval = None
-        set_task(self.norms, max(self.current_task, 0))  # a task resumed mid-way
         self.freezer.clear()
-        if self._training:  # resumed inside a task: freeze M_{t-1} again
-            self._prepare()
