@@ -1,4 +1,5 @@
-"""Dynamos through fit(): class-incremental by default, metrics, resume, a loop of one's own."""
+"""Dynamos through fit(): class-incremental by default, metrics (resume and a loop of one's own:
+tests/test_contract.py)."""
 
 import json
 import math
@@ -7,7 +8,6 @@ import pytest
 import torch
 
 from retain.engine import fit
-from retain.engine.trainer import seed_everything
 from retain.methods import make_method
 from tests.test_dynamos import image_bench, info, tiny_model
 
@@ -36,70 +36,6 @@ def test_fit_is_class_incremental_and_reports_both_accuracies(name):
     jsd = mm["class_jsd_last_agent"]
     assert len(jsd["jsd"]) == len(jsd["classes"])
     json.dumps(mm)
-
-
-class _Crash(Exception):
-    pass
-
-
-def _crashing(n, **kw):
-    class Crashing(type(make_method("dynamos"))):
-        def after_step(self, batch, task):
-            super().after_step(batch, task)
-            self.steps = getattr(self, "steps", 0) + 1
-            if self.steps == n:
-                raise _Crash
-
-    return Crashing(**kw)
-
-
-def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
-    bench = image_bench(n_tasks=2, per_class=12)  # 24 samples a task: 3 batches of 8
-
-    kw = dict(epochs=2, lr=0.05, batch_size=8, checkpoint_every=1, seed=5)
-    full = tmp_path / "full"
-    fit(tiny_model(bench, seed=3), bench, make_method("dynamos", **KW), run_dir=full, **kw)
-    broken = tmp_path / "broken"
-    with pytest.raises(_Crash):  # inside task 1's second epoch, after the warm-up
-        fit(tiny_model(bench, seed=3), bench, _crashing(11, **KW), run_dir=broken, **kw)
-    fit(
-        tiny_model(bench, seed=3),
-        bench,
-        make_method("dynamos", **KW),
-        run_dir=broken,
-        resume=True,
-        **kw,
-    )
-    assert (full / "metrics.json").read_bytes() == (broken / "metrics.json").read_bytes()
-    ev = [json.loads(s) for s in (full / "events.jsonl").read_text().splitlines()]
-    ev2 = [json.loads(s) for s in (broken / "events.jsonl").read_text().splitlines()]
-    assert [e["loss"] for e in ev] == [e["loss"] for e in ev2]
-
-
-def test_own_loop_with_the_hooks_gives_fits_weights():
-    bench = image_bench(n_tasks=2, per_class=12)
-    model_a = tiny_model(bench, seed=1)
-    fit(model_a, bench, make_method("dynamos", **KW), epochs=1, lr=0.05, batch_size=8, seed=4)
-    model_b = tiny_model(bench, seed=1)
-    m = make_method("dynamos", **KW)
-    m.setup(model_b, info(bench))
-    seed_everything(4)
-    g = torch.Generator().manual_seed(4)
-    for task in bench:
-        m.before_task(task)
-        opt = torch.optim.SGD(m.trainable_parameters(task), lr=0.05)
-        model_b.train()
-        m.before_epoch(task, 0)
-        for batch in m.batches(task, 8, g):
-            loss = m.loss(batch, task)
-            opt.zero_grad()
-            loss.backward()
-            m.after_backward(batch, task)
-            opt.step()
-            m.after_step(batch, task)
-        m.after_task(task)
-    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
-        assert torch.equal(a, b), k
 
 
 def test_firing_rates_by_group_on_a_test_set():

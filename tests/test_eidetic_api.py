@@ -151,34 +151,6 @@ def test_routing_on_separable_blobs():
     assert r.metrics()["method"]["capacity"]["total"]["router"] >= 0
 
 
-class Crash(Exception):
-    pass
-
-
-def test_resume_at_a_task_boundary_gives_identical_metrics(tmp_path):
-    bench = blobs(n_tasks=3, per_class=24)
-
-    def model():
-        torch.manual_seed(3)
-        return ContinualModel(MLP((8,), hidden=(16, 16), dropout=0.1), bench.classes_per_task)
-
-    def method():
-        return make_method("eidetic", step=0.3, tolerance=0.05, max_recovery_epochs=1)
-
-    kw = dict(epochs=3, lr=0.05, batch_size=16, momentum=0.9, seed=5)
-    fit(model(), bench, method(), run_dir=tmp_path / "full", **kw)
-
-    def crash(i, _r):
-        if i == 1:
-            raise Crash
-
-    with pytest.raises(Crash):
-        fit(model(), bench, method(), run_dir=tmp_path / "broken", on_task_end=crash, **kw)
-    fit(model(), bench, method(), run_dir=tmp_path / "broken", resume=True, **kw)
-    full = (tmp_path / "full" / "metrics.json").read_bytes()
-    assert full == (tmp_path / "broken" / "metrics.json").read_bytes()
-
-
 def test_configs_resolve():
     from pathlib import Path
 

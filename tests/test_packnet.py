@@ -184,8 +184,10 @@ class CrashingPackNet(PackNet):
             raise Crash
 
 
-# 24 samples = 2 batches per epoch; a task = 6 training steps then 4 retraining steps
-@pytest.mark.parametrize("crash_at", [5, 9, 19])  # task 0 training, task 0 / 1 retraining
+# 24 samples = 2 batches per epoch; a task = 6 training steps then 4 retraining steps.
+# Kept beside tests/test_contract.py (which kills PackNet in its training phase): kills inside
+# the retraining phase
+@pytest.mark.parametrize("crash_at", [9, 19])  # task 0 / 1 retraining
 def test_resume_inside_a_task_gives_identical_metrics(tmp_path, crash_at):
     bench = blobs(n_tasks=2, per_class=12)
     kw = dict(epochs=3, lr=0.1, batch_size=12, momentum=0.9, checkpoint_every=1, seed=1)

@@ -1,20 +1,16 @@
 """Replay methods: each mechanism does what its paper says, through fit() or one's own loop."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from retain.engine import fit
-from retain.engine.trainer import seed_everything
 from retain.methods import BenchmarkInfo, make_method
 from retain.methods.agem import project_gradient
 from retain.methods.lucir import CosineHead
 from retain.models import ContinualModel
 from tests.synthetic import TinyBackbone, blobs
 
-REPLAY = ["er", "der", "derpp", "agem", "icarl", "bic", "lucir"]
 SMALL = {"memory_size": 40}
 
 
@@ -321,73 +317,6 @@ def test_replay_beats_finetune_on_task_agnostic_forgetting(name):
     assert ft.task_agnostic.forgetting() > 0.9
     assert r.task_agnostic.forgetting() < ft.task_agnostic.forgetting() - 0.3
     assert r.task_agnostic.acc() > ft.task_agnostic.acc() + 0.2
-
-
-# ---------------------------------------------------------------------------- resume, own loop
-class _Crash(Exception):
-    pass
-
-
-def _crashing(name, n, **kw):
-    cls = type(make_method(name, **kw))
-
-    class Crashing(cls):
-        def after_step(self, batch, task):
-            super().after_step(batch, task)
-            self.steps = getattr(self, "steps", 0) + 1
-            if self.steps == n:
-                raise _Crash
-
-    return Crashing(**kw)
-
-
-@pytest.mark.parametrize("name", REPLAY)
-def test_replay_resume_after_kill_gives_identical_metrics(tmp_path, name):
-    bench = blobs(n_tasks=3, per_class=24)  # 36 samples/task: 3 batches of 16 per epoch
-
-    def model():
-        return _model(bench, seed=3, dropout=0.2)
-
-    kw = dict(epochs=3, lr=0.1, batch_size=16, momentum=0.9, checkpoint_every=1, seed=5)
-    full = tmp_path / "full"
-    fit(model(), bench, make_method(name, **SMALL), run_dir=full, **kw)
-    for crash_at in (13, 23):  # inside task 1, then inside task 2 of the resumed run
-        broken = tmp_path / f"broken{crash_at}"
-        with pytest.raises(_Crash):
-            fit(model(), bench, _crashing(name, crash_at, **SMALL), run_dir=broken, **kw)
-        fit(model(), bench, make_method(name, **SMALL), run_dir=broken, resume=True, **kw)
-        assert (full / "metrics.json").read_bytes() == (broken / "metrics.json").read_bytes()
-        ev = [json.loads(s) for s in (full / "events.jsonl").read_text().splitlines()]
-        ev2 = [json.loads(s) for s in (broken / "events.jsonl").read_text().splitlines()]
-        assert [e["loss"] for e in ev] == [e["loss"] for e in ev2]
-
-
-@pytest.mark.parametrize("name", REPLAY)
-def test_own_loop_with_the_hooks_gives_fits_weights(name):
-    bench = blobs(n_tasks=2, per_class=30)
-    model_a = _model(bench, seed=1)
-    fit(model_a, bench, make_method(name, **SMALL), epochs=2, lr=0.1, batch_size=16, seed=4)
-    model_b = _model(bench, seed=1)
-    m = make_method(name, **SMALL)
-    m.setup(model_b, _info(bench))
-    seed_everything(4)
-    g = torch.Generator().manual_seed(4)
-    for task in bench:
-        m.before_task(task)
-        opt = torch.optim.SGD(m.trainable_parameters(task), lr=0.1)
-        for epoch in range(2):
-            model_b.train()
-            m.before_epoch(task, epoch)
-            for batch in m.batches(task, 16, g):
-                loss = m.loss(batch, task)
-                opt.zero_grad()
-                loss.backward()
-                m.after_backward(batch, task)
-                opt.step()
-                m.after_step(batch, task)
-        m.after_task(task)
-    for (k, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values()):
-        assert torch.equal(a, b), k
 
 
 @pytest.mark.parametrize("name", ["er", "der", "derpp", "agem"])
