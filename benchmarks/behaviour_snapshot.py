@@ -6,6 +6,10 @@ comparing after: every file must be byte-identical, or each difference is a name
     python benchmarks/behaviour_snapshot.py --out /tmp/before            # record
     python benchmarks/behaviour_snapshot.py --out /tmp/after --check /tmp/before
 
+``benchmarks/behaviour_snapshot.json`` is the recording made before the method-contract
+redesign (torch 2.13.0 CPU, one thread), for ``--check`` without recording first (byte
+identity holds for the same torch build and CPU kind).
+
 The set: every registered method (ScrollNet over two bases) on split-mnist5k and
 permuted-mnist5k, 2 epochs per task, seed 0, the default MLP narrowed to 100 units and the
 first 3 tasks (``benchmark_args.n_tasks``), plus a few variants that take other code paths
@@ -16,6 +20,7 @@ same config path as ``retain run`` and runs in a forked child, 2 at a time, one 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import sys
 from pathlib import Path
@@ -122,7 +127,12 @@ def _one(job: tuple[str, dict, str]) -> tuple[str, str]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the run folders")
-    p.add_argument("--check", help="a folder recorded before: compare metrics.json byte for byte")
+    p.add_argument(
+        "--check",
+        help="a recording made before (an --out folder, or a --save file): compare every "
+        "metrics.json byte for byte",
+    )
+    p.add_argument("--save", help="also write every run's metrics.json into one JSON file")
     p.add_argument("--only", default="", help="comma-separated run names (e.g. er,hat) to run")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
@@ -131,16 +141,16 @@ def main() -> int:
     ctx = mp.get_context("fork")
     with ctx.Pool(args.workers, maxtasksperchild=1) as pool:
         results = dict(pool.imap_unordered(_one, jobs))
+    recorded = _recording(args.check) if args.check else {}
     bad = 0
     for name, _, _ in jobs:
         status = results[name]
         line = f"{name}: {status}"
         if args.check and status == "ok":
-            a = Path(args.check) / name / "metrics.json"
             b = Path(args.out) / name / "metrics.json"
-            if not a.is_file():
+            if name not in recorded:
                 line += " (nothing recorded before)"
-            elif a.read_bytes() == b.read_bytes():
+            elif recorded[name] == b.read_text():
                 line += ", identical"
             else:
                 line += ", DIFFERENT"
@@ -158,7 +168,23 @@ def main() -> int:
         bad += status != "ok"
         print(line)
     print(f"{len(jobs)} runs, {bad} failed or different")
+    if args.save:
+        texts = {
+            name: (Path(args.out) / name / "metrics.json").read_text()
+            for name, _, _ in jobs
+            if results[name] == "ok"
+        }
+        Path(args.save).write_text(json.dumps(texts, indent=0, sort_keys=True) + "\n")
     return 1 if bad else 0
+
+
+def _recording(path: str) -> dict[str, str]:
+    """``{run name: metrics.json text}`` of a recording: an ``--out`` folder or a ``--save``
+    file."""
+    where = Path(path)
+    if where.is_file():
+        return json.loads(where.read_text())
+    return {str(f.parent.relative_to(where)): f.read_text() for f in where.glob("*/*/metrics.json")}
 
 
 if __name__ == "__main__":
