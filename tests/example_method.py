@@ -15,15 +15,16 @@ from retain.models import ContinualModel
 
 @register
 class ERACE(Method):
-    """ER-ACE (Caccia et al., ICLR 2022, "New insights on reducing abrupt representation
-    change in online continual learning", Sec. 4): the incoming batch's cross-entropy sees
-    only the logits of its own task's classes, a replayed batch's those of every class seen so
-    far, so learning new classes does not push the old classes' logits down::
+    """ER-ACE (Caccia et al., "New insights on reducing abrupt representation change in
+    online continual learning", ICLR 2022): the incoming batch's cross-entropy sees only the
+    logits of its task's classes, a replayed batch's those of every class seen so far, so
+    learning new classes does not push the old classes' logits down::
 
         L = CE(f(x)[:, C_t], y) + CE(f(x_mem)[:, C_0 u ... u C_t], y_mem)     (replay from t=1)
 
     The memory is a reservoir over the whole stream (Vitter's algorithm R), offered each
-    incoming batch after the optimiser step.
+    incoming batch after the optimiser step. (The paper masks to the classes present in the
+    incoming batch; with a head per task, retain uses the batch's task's classes.)
 
     Args:
         memory_size: buffer slots.

@@ -36,15 +36,21 @@ from retain.methods import REGISTRY, BenchmarkInfo, Method, make_method
 from retain.models import MLP, ContinualModel, ReducedResNet18
 from tests.synthetic import blobs
 
-# docs/adding-a-method.md's method: registered for the tests of this file only
-_example = importlib.import_module("tests.example_method")
+# docs/adding-a-method.md's method, registered for the tests of this file only (imported with
+# the registry set aside: a method of that name in the package is tested in its place)
+_registered = dict(REGISTRY)
+REGISTRY.clear()
+try:
+    _example = importlib.import_module("tests.example_method")
+finally:
+    REGISTRY.clear()
+    REGISTRY.update(_registered)
 EXAMPLE = {
     cls.name: cls
     for cls in vars(_example).values()
     if isinstance(cls, type) and issubclass(cls, Method) and cls.__module__ == _example.__name__
+    if cls.name not in REGISTRY
 }
-for _name in EXAMPLE:
-    REGISTRY.pop(_name, None)
 
 
 @dataclass
@@ -314,3 +320,17 @@ def test_own_loop_with_the_hooks_gives_what_fit_gives(name):
     assert [[nan if math.isnan(v) else v for v in row] for row in rows_agnostic] == [
         [nan if math.isnan(v) else v for v in row] for row in r.task_agnostic.rows
     ]
+
+
+def test_the_docs_show_the_example_method_verbatim():
+    """docs/adding-a-method.md's code block is tests/example_method.py, character for character."""
+    root = Path(__file__).resolve().parent.parent
+    page = (root / "docs" / "adding-a-method.md").read_text()
+    marker = (
+        "<!-- the file tests/example_method.py, verbatim (tests/test_contract.py checks it) -->"
+    )
+    assert page.count(marker) == 1
+    block = page.split(marker, 1)[1].lstrip("\n")
+    assert block.startswith("```python\n")
+    code = block.removeprefix("```python\n").split("\n```\n", 1)[0] + "\n"
+    assert code == (root / "tests" / "example_method.py").read_text()
