@@ -59,13 +59,15 @@ class Setting:
 
     args: dict[str, Any] = field(default_factory=dict)
     images: bool = False  # a ReducedResNet18 on 1x8x8 images instead of an MLP on 8 features
+    lr: float = 0.05
 
 
 SMALL_MEMORY = {"memory_size": 24}  # smaller than a task: the reservoir replaces samples
 SETTINGS: dict[str, Setting] = {
     **{n: Setting(SMALL_MEMORY) for n in ("agem", "bic", "der", "derpp", "er", "icarl", "lucir")},
     # warm-up counted in epochs (before_epoch) for one, in steps for the other
-    "dynamos": Setting({**SMALL_MEMORY, "warmup": 1, "warmup_unit": "epochs"}, images=True),
+    # lr 0.1: it admits only samples it classifies correctly, so it must learn to fill its memory
+    "dynamos": Setting({**SMALL_MEMORY, "warmup": 1, "warmup_unit": "epochs"}, True, lr=0.1),
     "dynamos-base": Setting({**SMALL_MEMORY, "warmup": 3}),
     "eidetic": Setting({"patience": 1, "max_recovery_epochs": 1, "step": 0.3}),
     "scrollnet": Setting({"base": "finetune", "splits": 2}),
@@ -79,8 +81,13 @@ BOUNDARY_ONLY = {"eidetic": "its prune-and-recover loop writes no checkpoint ins
 OWN_LOOP_EXEMPT: dict[str, str] = {}
 
 METHODS = sorted([*REGISTRY, *EXAMPLE])
-N_TASKS, EPOCHS, BATCH, LR, MOMENTUM, SEED = 3, 2, 16, 0.05, 0.9, 5
-FIT = dict(epochs=EPOCHS, batch_size=BATCH, lr=LR, momentum=MOMENTUM, seed=SEED)
+N_TASKS, EPOCHS, BATCH, MOMENTUM, SEED = 3, 2, 16, 0.9, 5
+
+
+def _fit_args(name: str) -> dict[str, Any]:
+    """``fit``'s keyword arguments of every run of ``name``."""
+    lr = SETTINGS.get(name, Setting()).lr
+    return dict(epochs=EPOCHS, batch_size=BATCH, lr=lr, momentum=MOMENTUM, seed=SEED)
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +100,7 @@ def _bench(name: str):
     if SETTINGS.get(name, Setting()).images:
         from tests.test_dynamos import image_bench
 
-        return image_bench(n_tasks=N_TASKS, per_class=16)
+        return image_bench(n_tasks=N_TASKS, per_class=24)
     return blobs(n_tasks=N_TASKS, per_class=40)
 
 
@@ -173,7 +180,7 @@ def test_state_dict_round_trip_gives_identical_predictions(name):
             saved["predictions"] = _predictions(method, bench, trained=2)
 
     model, method = _model(name, bench), _method(name)
-    fit(model, bench, method, on_task_end=snapshot, **FIT)
+    fit(model, bench, method, on_task_end=snapshot, **_fit_args(name))
     fresh_model, fresh = _model(name, bench), _method(name)
     fresh.setup(fresh_model, _info(bench))
     fresh_model.load_state_dict(saved["model"])
@@ -221,7 +228,7 @@ def _count_epochs(monkeypatch) -> list[int]:
 def test_kill_and_resume_gives_identical_metrics(name, tmp_path, monkeypatch):
     bench = _bench(name)
     full, killed = tmp_path / "full", tmp_path / "killed"
-    kw = dict(FIT, checkpoint_every=1)
+    kw = dict(_fit_args(name), checkpoint_every=1)
     epochs = _count_epochs(monkeypatch)
     written, _ = _kill_after(monkeypatch, lambda state: False)
     fit(_model(name, bench), bench, _method(name), run_dir=full, **kw)
@@ -247,7 +254,7 @@ def test_kill_and_resume_gives_identical_metrics(name, tmp_path, monkeypatch):
 def test_same_seed_twice_gives_identical_metrics(name, tmp_path):
     bench = _bench(name)
     for run in ("a", "b"):
-        fit(_model(name, bench), bench, _method(name), run_dir=tmp_path / run, **FIT)
+        fit(_model(name, bench), bench, _method(name), run_dir=tmp_path / run, **_fit_args(name))
     a, b = tmp_path / "a", tmp_path / "b"
     assert (a / runio.METRICS).read_bytes() == (b / runio.METRICS).read_bytes()
     assert _events(a) == _events(b)
@@ -276,7 +283,8 @@ def test_own_loop_with_the_hooks_gives_what_fit_gives(name):
         pytest.skip(OWN_LOOP_EXEMPT[name])
     bench = _bench(name)
     fitted, fitted_method = _model(name, bench), _method(name)
-    r = fit(fitted, bench, fitted_method, **FIT)
+    kw = _fit_args(name)
+    r = fit(fitted, bench, fitted_method, **kw)
 
     model, method = _model(name, bench), _method(name)
     method.setup(model, _info(bench))
@@ -287,7 +295,7 @@ def test_own_loop_with_the_hooks_gives_what_fit_gives(name):
         model,
         method,
         bench,
-        TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=LR, momentum=MOMENTUM),
+        TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=kw["lr"], momentum=MOMENTUM),
         generator,
         EventLog(None),
         progress=False,
@@ -298,7 +306,7 @@ def test_own_loop_with_the_hooks_gives_what_fit_gives(name):
         if own_procedure:
             method.train_task(task, trainer)
         else:  # the loop of retain.methods.base's docstring
-            opt = torch.optim.SGD(method.trainable_parameters(task), lr=LR, momentum=MOMENTUM)
+            opt = torch.optim.SGD(method.trainable_parameters(task), lr=kw["lr"], momentum=MOMENTUM)
             for epoch in range(EPOCHS):
                 model.train()
                 method.before_epoch(task, epoch)
