@@ -7,6 +7,7 @@ A method is used like this, by :func:`retain.fit` or by a loop of your own::
         method.before_task(task)          # or method.resume_task(task) inside a resumed task
         opt = torch.optim.SGD(method.trainable_parameters(task), lr=0.01)
         for epoch in range(epochs):
+            model.train()
             method.before_epoch(task, epoch)
             for batch in method.batches(task, batch_size, generator):
                 loss = method.loss(batch, task)
@@ -15,6 +16,7 @@ A method is used like this, by :func:`retain.fit` or by a loop of your own::
                 opt.step()
                 method.after_step(batch, task)
         method.after_task(task)
+        model.eval()
         logits = method.predict(x, task_id=task.id)      # task-aware
         logits = method.predict(x, upto=task.id + 1)     # task-agnostic over seen classes
 
