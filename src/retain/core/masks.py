@@ -402,6 +402,19 @@ def masked_layers(module: nn.Module, types: tuple[type, ...] = MASKABLE) -> dict
     return {name: m for name, m in module.named_modules() if isinstance(m, types)}
 
 
+def isolation_layers(model: nn.Module, method: str, verb: str) -> dict[str, nn.Module]:
+    """What every parameter-isolation method (HAT, PackNet, SupSup, WSN) checks in ``setup``,
+    then its layers: one head per task, no normalisation that later tasks would change
+    (:func:`check_no_stateful_norm`), and at least one layer to ``verb`` (mask, gate, prune)."""
+    if model.shared_head:
+        raise ValueError(f"{method} needs one head per task (head='task')")
+    check_no_stateful_norm(model.backbone, method)
+    layers = masked_layers(model.backbone)
+    if not layers:
+        raise ValueError(f"{method}: the backbone has no nn.Linear or nn.Conv2d layer to {verb}")
+    return layers
+
+
 def check_no_stateful_norm(module: nn.Module, method: str) -> None:
     """Masked methods keep old tasks exact by fixing weights; a normalisation layer with
     learnable affine parameters or running statistics would drift under later tasks. Raise

@@ -13,8 +13,7 @@ from retain.core.masks import (
     LayerUsage,
     MaskBank,
     capacity_report,
-    check_no_stateful_norm,
-    masked_layers,
+    isolation_layers,
 )
 from retain.data.benchmark import Task
 from retain.methods.base import Batch, Method, register
@@ -87,12 +86,7 @@ class HAT(Method):
     # ------------------------------------------------------------------ setup
     def setup(self, model, info) -> None:
         super().setup(model, info)
-        if model.shared_head:
-            raise ValueError("hat needs one head per task (head='task')")
-        check_no_stateful_norm(model.backbone, self.name)
-        self.layers = masked_layers(model.backbone)
-        if not self.layers:
-            raise ValueError("hat: the backbone has no nn.Linear or nn.Conv2d layer to gate")
+        self.layers = isolation_layers(model, self.name, "gate")
         self.units, self.expand = [], []
         for i, (name, layer) in enumerate(self.layers.items()):
             out_units, in_dim = layer.weight.shape[0], layer.weight.shape[1]

@@ -13,9 +13,8 @@ from retain.core.masks import (
     MaskBank,
     WeightMask,
     attach,
-    check_no_stateful_norm,
+    isolation_layers,
     mask_of,
-    masked_layers,
     raw_weight,
     topk_mask,
 )
@@ -73,12 +72,7 @@ class PackNet(Method):
     # ------------------------------------------------------------------ setup
     def setup(self, model, info) -> None:
         super().setup(model, info)
-        if model.shared_head:
-            raise ValueError("packnet needs one head per task (head='task')")
-        check_no_stateful_norm(model.backbone, self.name)
-        self.layers = masked_layers(model.backbone)
-        if not self.layers:
-            raise ValueError("packnet: the backbone has no nn.Linear or nn.Conv2d layer to prune")
+        self.layers = isolation_layers(model, self.name, "prune")
         for layer in self.layers.values():
             attach(layer, WeightMask())
 

@@ -12,10 +12,9 @@ from retain.core.masks import (
     MaskBank,
     ScoreMask,
     attach,
-    check_no_stateful_norm,
     fan_in,
+    isolation_layers,
     mask_of,
-    masked_layers,
     raw_weight,
 )
 from retain.data.benchmark import Task
@@ -65,12 +64,7 @@ class SupSup(Method):
     # ------------------------------------------------------------------ setup
     def setup(self, model, info) -> None:
         super().setup(model, info)
-        if model.shared_head:
-            raise ValueError("supsup needs one head per task (head='task')")
-        check_no_stateful_norm(model.backbone, self.name)
-        self.layers = masked_layers(model.backbone)
-        if not self.layers:
-            raise ValueError("supsup: the backbone has no nn.Linear or nn.Conv2d layer to mask")
+        self.layers = isolation_layers(model, self.name, "mask")
         fixed = list(self.layers.values()) + (list(model.heads) if self.mask_heads else [])
         with torch.no_grad():
             for layer in fixed:

@@ -12,9 +12,8 @@ from retain.core.masks import (
     MaskBank,
     ScoreMask,
     attach,
-    check_no_stateful_norm,
+    isolation_layers,
     mask_of,
-    masked_layers,
     raw_weight,
 )
 from retain.core.task_norm import TaskBatchNorm, set_task, use_task_norm
@@ -77,9 +76,7 @@ class WSN(Method):
     # ------------------------------------------------------------------ setup
     def setup(self, model, info) -> None:
         super().setup(model, info)
-        if model.shared_head:
-            raise ValueError("wsn needs one head per task (head='task')")
-        check_no_stateful_norm(model.backbone, self.name)
+        self.layers = isolation_layers(model, self.name, "mask")
         if self.task_norm:
             if info is None:
                 raise ValueError("wsn: task_norm needs the number of tasks (setup's info)")
@@ -88,9 +85,6 @@ class WSN(Method):
                 raise ValueError(
                     "wsn: task_norm asked for, but the backbone has no statistics-free BatchNorm"
                 )
-        self.layers = masked_layers(model.backbone)
-        if not self.layers:
-            raise ValueError("wsn: the backbone has no nn.Linear or nn.Conv2d layer to mask")
         for layer in self.layers.values():
             w = layer.weight
             attach(layer, ScoreMask(w.shape, self.capacity)).to(device=w.device, dtype=w.dtype)
