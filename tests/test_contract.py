@@ -34,6 +34,7 @@ from retain.engine.runio import EventLog
 from retain.engine.trainer import TrainConfig, Trainer, seed_everything
 from retain.methods import REGISTRY, BenchmarkInfo, Method, make_method
 from retain.models import MLP, ContinualModel, ReducedResNet18
+from tests.own_loop import train_task
 from tests.synthetic import blobs
 
 # docs/adding-a-method.md's method, registered for the tests of this file only (imported with
@@ -306,17 +307,17 @@ def test_own_loop_with_the_hooks_gives_what_fit_gives(name):
         if own_procedure:
             method.train_task(task, trainer)
         else:  # the loop of retain.methods.base's docstring
-            opt = torch.optim.SGD(method.trainable_parameters(task), lr=kw["lr"], momentum=MOMENTUM)
-            for epoch in range(EPOCHS):
-                model.train()
-                method.before_epoch(task, epoch)
-                for batch in method.batches(task, BATCH, generator):
-                    loss = method.loss(batch, task)
-                    opt.zero_grad()
-                    loss.backward()
-                    method.after_backward(batch, task)
-                    opt.step()
-                    method.after_step(batch, task)
+            train_task(
+                method,
+                task,
+                generator,
+                epochs=EPOCHS,
+                lr=kw["lr"],
+                batch_size=BATCH,
+                momentum=MOMENTUM,
+                start=False,
+                finish=False,
+            )
         method.after_task(task)
         aware, agnostic = _accuracies(method, bench, trained=task.id + 1)
         rows_aware.append(aware)

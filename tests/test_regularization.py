@@ -21,6 +21,7 @@ from retain.engine import fit
 from retain.methods import make_method
 from retain.methods.ewc import EWC
 from retain.models import ContinualModel
+from tests.own_loop import train_task
 from tests.synthetic import TinyBackbone, blobs
 
 
@@ -31,19 +32,7 @@ def _model(bench, seed=0, head="task", dropout=0.0):
 
 def _train(method, task, steps=None, lr=0.1, finish=True):
     """One epoch of the method's batches through the hooks, as a user's own loop would."""
-    method.before_task(task)
-    opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
-    for i, b in enumerate(method.batches(task, 16, torch.Generator().manual_seed(0))):
-        if steps is not None and i == steps:
-            break
-        loss = method.loss(b, task)
-        opt.zero_grad()
-        loss.backward()
-        method.after_backward(b, task)
-        opt.step()
-        method.after_step(b, task)
-    if finish:
-        method.after_task(task)
+    train_task(method, task, steps=steps, lr=lr, finish=finish)
 
 
 # ------------------------------------------------------------------ the penalty

@@ -9,6 +9,7 @@ from retain.methods import BenchmarkInfo, make_method
 from retain.methods.agem import project_gradient
 from retain.methods.lucir import CosineHead
 from retain.models import ContinualModel
+from tests.own_loop import train_task
 from tests.synthetic import TinyBackbone, blobs
 
 SMALL = {"memory_size": 40}
@@ -25,19 +26,8 @@ def _info(bench):
 
 def _train_task(method, task, epochs=5, lr=0.1, batch_size=16, seed=0):
     """The documented loop of one's own, for one task."""
-    method.before_task(task)
-    opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
     g = torch.Generator().manual_seed(seed)
-    for epoch in range(epochs):
-        method.before_epoch(task, epoch)
-        for batch in method.batches(task, batch_size, g):
-            loss = method.loss(batch, task)
-            opt.zero_grad()
-            loss.backward()
-            method.after_backward(batch, task)
-            opt.step()
-            method.after_step(batch, task)
-    method.after_task(task)
+    train_task(method, task, g, epochs=epochs, lr=lr, batch_size=batch_size)
 
 
 def _flat_grad(params):

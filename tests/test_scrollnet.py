@@ -12,6 +12,7 @@ from retain.methods.finetune import Finetune
 from retain.methods.scrollnet import ScrollNet
 from retain.models import MLP, ContinualModel
 from retain.models.slimmable import get_scroll, slimmable_modules, width
+from tests.own_loop import train_task
 from tests.synthetic import TinyBackbone, blobs
 
 
@@ -26,20 +27,7 @@ def _mlp_model(bench, seed=0):
 
 
 def _train_task(method, task, steps=3, lr=0.1):
-    method.before_task(task)
-    opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
-    g = torch.Generator().manual_seed(0)
-    method.before_epoch(task, 0)
-    for i, batch in enumerate(method.batches(task, 16, g)):
-        if i == steps:
-            break
-        loss = method.loss(batch, task)
-        opt.zero_grad()
-        loss.backward()
-        method.after_backward(batch, task)
-        opt.step()
-        method.after_step(batch, task)
-    method.after_task(task)
+    train_task(method, task, steps=steps, lr=lr)
 
 
 def _at_task_one(bench, base, splits=4, **kw):

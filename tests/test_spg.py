@@ -20,6 +20,7 @@ from retain.methods import make_method
 from retain.methods.spg import SPG
 from retain.models import ContinualModel
 from retain.models.alexnet import AlexNet
+from tests.own_loop import train_task
 from tests.synthetic import TinyBackbone, blobs
 
 
@@ -30,20 +31,8 @@ def _model(bench, seed=0, dropout=0.0, head="task"):
 
 def _train(method, task, lr=0.1, epochs=1, finish=True):
     """Epochs of the method's batches through the hooks, as a user's own loop would."""
-    method.before_task(task)
-    opt = torch.optim.SGD(method.trainable_parameters(task), lr=lr)
-    gen = torch.Generator().manual_seed(task.id)
-    for epoch in range(epochs):
-        method.before_epoch(task, epoch)
-        for b in method.batches(task, 16, gen):
-            loss = method.loss(b, task)
-            opt.zero_grad()
-            loss.backward()
-            method.after_backward(b, task)
-            opt.step()
-            method.after_step(b, task)
-    if finish:
-        method.after_task(task)
+    g = torch.Generator().manual_seed(task.id)
+    train_task(method, task, g, lr=lr, epochs=epochs, finish=finish)
 
 
 def _spg(model, **kw):
