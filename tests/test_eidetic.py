@@ -4,14 +4,13 @@ import pytest
 import torch
 from torch import nn
 
+from retain.core.neuron_graph import NeuronGraph, trace
 from retain.core.structured import (
     FREE,
-    NeuronGraph,
     NeuronMasks,
     lp_scores,
     select_global,
     select_per_group,
-    trace,
 )
 from retain.engine import fit
 from retain.methods import make_method

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from retain.core.structured import NeuronGraph, TraceError, format_capacity, trace
+from retain.core.neuron_graph import NeuronGraph, TraceError, trace
+from retain.core.structured import format_capacity
 from retain.engine import fit
 from retain.methods import make_method
 from retain.methods.eidetic import Eidetic

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from retain.core.structured import FREE, trace
+from retain.core.neuron_graph import trace
+from retain.core.structured import FREE
 from retain.data import Benchmark, make_tasks
 from retain.engine import fit
 from retain.methods import make_method

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from retain.core.structured import trace
+from retain.core.neuron_graph import trace
 from retain.data import Benchmark, make_tasks
 from retain.engine import fit
 from retain.methods import make_method

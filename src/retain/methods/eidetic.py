@@ -31,10 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from retain.core.neuron_graph import NeuronGraph, trace
 from retain.core.structured import (
     FREE,
     BatchNormGuard,
-    NeuronGraph,
     NeuronMasks,
     ParamGuard,
     TaylorScores,
@@ -42,7 +42,6 @@ from retain.core.structured import (
     lp_scores,
     select_global,
     select_per_group,
-    trace,
 )
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
@@ -107,7 +106,7 @@ class Eidetic(Method):
             (Molchanov's per-layer normalisation).
         taylor_constant_step: Taylor prunes ``step x all neurons`` per iteration instead of
             ``step x available neurons``.
-        graph: a :class:`~retain.core.structured.NeuronGraph` of the backbone (module names
+        graph: a :class:`~retain.core.neuron_graph.NeuronGraph` of the backbone (module names
             relative to ``model.backbone``); default: derived by tracing.
 
     Deviations and choices: docs/methods/eidetic.md
