@@ -1,5 +1,6 @@
-"""SPG's gradient importance (Konishi, Kuwahara, ... & Liu, "Parameter-level soft-masking for
-continual learning", ICML 2023, Sec. 3.1), as an estimator of :mod:`retain.core.importance`.
+"""SPG's gradient importance (Konishi, Kurokawa, Ono, Ke, Kim & Liu, "Parameter-level
+soft-masking for continual learning", ICML 2023, Sec. 3.1), as an estimator of
+:mod:`retain.core.importance`.
 
 After training task ``t``, task ``t``'s training data goes through the trained model again (no
 update). For every earlier-or-current task ``tau <= t`` a loss is formed (Eq. 2)::
