@@ -7,15 +7,46 @@ exit code 2; nothing already in a run folder is overwritten or lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+#: exit codes of an interrupted command (the shell's 128 + signal number)
+EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
 
 class UserError(Exception):
     """An error caused by the user's input: printed as one line, exit code 2."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as Ctrl-C raises ``KeyboardInterrupt``: the same
+    clean stop (atomic writes finish or leave the previous file), exit code 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Turn SIGTERM into :class:`Terminated` while ``main`` runs; returns the undo."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, AttributeError):  # not the main thread, or no SIGTERM here
+        return lambda: None
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt_code(e: BaseException) -> int:
+    return EXIT_SIGTERM if isinstance(e, Terminated) else EXIT_SIGINT
+
+
+def _signal_name(e: BaseException) -> str:
+    return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,6 +158,7 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    restore = _catch_sigterm()
     try:
         torchrun = _launched_by_torchrun()
         if args.command == "list":
@@ -149,9 +181,17 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `retain list | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        print("retain: interrupted; the last checkpoint is intact", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # `retain run` in a folder says more (_run)
+        again = (
+            "run the same command again: finished trials are skipped, interrupted ones resume "
+            "from their last checkpoint"
+            if args.command in ("compare", "sweep")
+            else "run the same command again"
+        )
+        print(f"retain: interrupted ({_signal_name(e)}); {again}", file=sys.stderr)
+        return _interrupt_code(e)
+    finally:
+        restore()
 
 
 def _launched_by_torchrun() -> bool:
@@ -196,22 +236,97 @@ def _run(args: argparse.Namespace) -> int:
         "amp": args.amp,
         "smoke": args.smoke,
     }
-    from retain.engine import distributed
+    from retain.engine import distributed, runio
 
     rank = distributed.launched_rank()  # under torchrun: process 0 checks and writes the folder
-    try:
-        if args.resume:
-            config, run_dir = _resume_config(Path(args.resume), args, flags)
-        else:
-            config = resolve(args.config, flags, args.set)
-            if not args.out and _launched_by_torchrun():
-                raise UserError("a data-parallel run (torchrun) needs --out or --resume")
-            run_dir = Path(args.out) if args.out else _default_run_dir(config)
+    with contextlib.ExitStack() as held:  # the folder's lock, held until the run ends
+        fresh = False
+        try:
+            if args.resume:
+                if rank == 0 and Path(args.resume).is_dir():
+                    _claim(held, Path(args.resume))
+                config, run_dir = _resume_config(Path(args.resume), args, flags)
+                fresh = not (run_dir / runio.CHECKPOINT).is_file()
+            else:
+                config = resolve(args.config, flags, args.set)
+                if not args.out and _launched_by_torchrun():
+                    raise UserError("a data-parallel run (torchrun) needs --out or --resume")
+                run_dir = Path(args.out) if args.out else _default_run_dir(config)
+                if rank == 0:
+                    _claim(held, run_dir)
+                    _check_new_run_dir(run_dir)
+        except ConfigError as e:
+            raise UserError(str(e)) from None
+        if fresh and rank == 0:
+            print(
+                f"retain: {run_dir} was stopped before its first checkpoint; starting it again "
+                f"from the beginning with its {runio.CONFIG}",
+                file=sys.stderr,
+            )
+        try:
+            return _execute(
+                config, run_dir, resume=bool(args.resume) and not fresh, quiet=args.quiet
+            )
+        except KeyboardInterrupt as e:
             if rank == 0:
-                _check_new_run_dir(run_dir)
-    except ConfigError as e:
-        raise UserError(str(e)) from None
-    return _execute(config, run_dir, resume=bool(args.resume), quiet=args.quiet)
+                print(_interrupt_message(e, run_dir, config), file=sys.stderr)
+            return _interrupt_code(e)
+
+
+def _claim(held: contextlib.ExitStack, run_dir: Path) -> None:
+    """Take ``run_dir``'s lock (the one compare and sweep take for a trial, beside the folder)
+    for the rest of the run, before anything is written; refuse if another process holds it."""
+    from retain.trials import FolderBusy, folder_lock, lock_path
+
+    try:
+        held.enter_context(folder_lock(lock_path(run_dir), blocking=False))
+    except FolderBusy:
+        raise UserError(
+            f"{str(run_dir)!r} is in use by another retain process (its lock "
+            f"{lock_path(run_dir).name} is held); wait for it to end or use another --out"
+        ) from None
+    except OSError as e:
+        raise UserError(f"cannot write beside {str(run_dir)!r}: {e.strerror}") from None
+
+
+def _interrupt_message(e: BaseException, run_dir: Path, config) -> str:
+    """One line: what the interrupted run's folder holds, what is lost, the resume command."""
+    import shlex
+
+    from retain.engine import runio
+
+    head = f"retain: interrupted ({_signal_name(e)})"
+    if not (run_dir / runio.CONFIG).is_file():
+        return f"{head} before anything was written to {run_dir}; run the same command again"
+    progress = getattr(e, "run_progress", None)
+    n = f"/{progress.n_tasks}" if progress is not None and progress.n_tasks else ""
+    task = None if progress is None else progress.task
+    where = "before training started" if task is None else f"in task {task + 1}{n}"
+    ck = None if progress is None else progress.checkpoint
+    every = getattr(config, "checkpoint_every", 0)
+    hint = "" if every else " (--set checkpoint_every=N also checkpoints every N epochs)"
+    if progress is None:  # stopped before training began (building, loading the data)
+        held = (
+            f"{run_dir / runio.CHECKPOINT} is unchanged"
+            if (run_dir / runio.CHECKPOINT).is_file()
+            else f"{run_dir} holds no checkpoint yet; the run will start from the beginning"
+        )
+    elif ck is None:
+        lost = "nothing is lost" if task is None else "all its training so far is lost"
+        held = f"{run_dir} holds no checkpoint yet ({lost}); the run will start from the beginning"
+        held += hint if task is not None else ""
+    else:
+        done = ck["task"] + 1 if ck["task_done"] else ck["task"]
+        saved = f"{done} task{'s' if done != 1 else ''} done"
+        if not ck["task_done"]:
+            saved += f" and {ck.get('epoch', 0)} epochs of task {ck['task'] + 1}"
+        if task is None or (ck["task_done"] and ck["task"] >= task):
+            lost = "nothing is lost"
+        else:
+            lost = f"the training of task {task + 1} since then is lost{hint}"
+        held = f"{run_dir / runio.CHECKPOINT} holds {saved} ({lost})"
+    resume = f"retain run --resume {shlex.quote(str(run_dir))}"
+    return f"{head} {where}; {held}; continue with: {resume}"
 
 
 def _default_run_dir(config) -> Path:
@@ -241,14 +356,21 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
     cfg_file = run_dir / runio.CONFIG
     if not cfg_file.is_file():
         raise UserError(f"cannot resume: {str(run_dir)!r} holds no {runio.CONFIG}")
-    if not (run_dir / runio.CHECKPOINT).is_file():
-        raise UserError(f"cannot resume: {str(run_dir)!r} holds no checkpoint yet; start it again")
+    if not (run_dir / runio.CHECKPOINT).is_file():  # stopped before its first checkpoint
+        return _restart_config(run_dir, args, flags)
     try:
         stored = resolve(cfg_file)
     except ConfigError as e:
         raise UserError(f"cannot resume: {cfg_file}: {e}") from None
+    _check_asked(stored, run_dir, args, flags)
+    return stored, run_dir
+
+
+def _check_asked(stored, run_dir: Path, args: argparse.Namespace, flags: dict) -> None:
+    """Options given with --resume must describe the run in ``run_dir``."""
+    from retain.experiment import resolve
+
     if args.config or args.set or any(v is not None for v in flags.values()):
-        # options given with --resume must describe the same run
         asked = resolve(args.config, {**_nonnull(stored.to_dict()), **_nonnull(flags)}, args.set)
         diff = [k for k, v in asked.to_dict().items() if stored.to_dict()[k] != v]
         if diff:
@@ -257,6 +379,25 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
                 f"{str(run_dir)!r} holds a config for another run ({k}: "
                 f"{stored.to_dict()[k]!r} there, {asked.to_dict()[k]!r} asked)"
             )
+
+
+def _restart_config(run_dir: Path, args: argparse.Namespace, flags: dict):
+    """The config of a folder stopped before its first checkpoint (killed, or the checkpoint
+    could not be written): its config.yaml, to train again from the beginning."""
+    from retain.engine import runio
+    from retain.experiment import ConfigError, resolve
+
+    if (run_dir / runio.METRICS).is_file():  # results without the checkpoint they came from
+        raise UserError(
+            f"cannot resume: {str(run_dir)!r} holds {runio.METRICS} but no {runio.CHECKPOINT}; "
+            "move the folder away or start a new run"
+        )
+    cfg_file = run_dir / runio.CONFIG
+    try:
+        stored = resolve(cfg_file)
+    except ConfigError as e:
+        raise UserError(f"cannot resume: {cfg_file}: {e}") from None
+    _check_asked(stored, run_dir, args, flags)
     return stored, run_dir
 
 
@@ -515,6 +656,7 @@ def _summarize(
     1 when a trial failed, else 0."""
     from retain.report import collect, make_report, markdown_table, write_report
     from retain.sweep import REPORT_DIR
+    from retain.trials import folder_lock
 
     collection = collect([t.run_dir for t in trials])
     for skipped in collection.skipped:
@@ -525,7 +667,8 @@ def _summarize(
             print(args.note, end="\n\n")
         for section in report.sections:
             print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
-        written = write_report(report, out / REPORT_DIR)
+        with folder_lock(out / f".{REPORT_DIR}.lock"):  # two compares on one --out
+            written = write_report(report, out / REPORT_DIR)
         print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
     for result in failed:
         print(f"retain: trial failed: {result.run_dir}: {result.error}", file=sys.stderr)

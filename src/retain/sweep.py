@@ -47,7 +47,7 @@ from retain.search import (
     parse_space,
     run_study,
 )
-from retain.trials import Trial, TrialResult
+from retain.trials import Trial, TrialResult, folder_lock
 
 STATUS = "trials.json"
 REPORT_DIR = "report"
@@ -327,23 +327,31 @@ def search_trials(spec: SweepSpec, out: Path, base: dict[str, Any] | None = None
 class StatusLog:
     """``trials.json`` in the sweep folder: per trial, what every invocation did with it
     (action: done = skipped as finished, resume, start; status: ok or failed), rewritten
-    atomically after every result."""
+    atomically after every result. Several processes may share one
+    folder (two compares on one ``--out``): every record re-reads the file and adds its entry
+    under the lock ``.trials.json.lock``, so that no process drops another's entries."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.trials: dict[str, list[dict[str, Any]]] = {}
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-                self.trials = {k: list(v) for k, v in data.get("trials", {}).items()}
-            except (OSError, ValueError, AttributeError):
-                self.trials = {}  # a status file is a log, never a reason to stop
+        self.lock = path.parent / f".{path.name}.lock"
+        self.trials: dict[str, list[dict[str, Any]]] = self._read()
         self.stamp = _dt.datetime.now().isoformat(timespec="seconds")
+
+    def _read(self) -> dict[str, list[dict[str, Any]]]:
+        if not self.path.is_file():
+            return {}
+        try:
+            data = json.loads(self.path.read_text())
+            return {k: list(v) for k, v in data.get("trials", {}).items()}
+        except (OSError, ValueError, AttributeError, TypeError):
+            return {}  # a status file is a log, never a reason to stop
 
     def record(self, result: TrialResult) -> None:
         entry = {k: v for k, v in asdict(result).items() if k not in ("metrics", "name")}
-        self.trials.setdefault(result.name, []).append({"at": self.stamp, **entry})
-        runio.write_json(self.path, {"trials": self.trials})
+        with folder_lock(self.lock):
+            self.trials = self._read()
+            self.trials.setdefault(result.name, []).append({"at": self.stamp, **entry})
+            runio.write_json(self.path, {"trials": self.trials})
 
 
 @dataclass

@@ -144,12 +144,14 @@ def execute(
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    if writer and not resume:
+    if writer and not resume:  # a folder started again keeps its files if setup refuses
+        written = [
+            p for p in (run_dir / runio.CONFIG, run_dir / runio.ENVIRONMENT) if not p.exists()
+        ]
         runio.write_yaml(run_dir / runio.CONFIG, config.to_dict())
         runio.write_json(
             run_dir / runio.ENVIRONMENT, runio.environment(config.seed, config.threads)
         )
-        written = [run_dir / runio.CONFIG, run_dir / runio.ENVIRONMENT]
     try:
         result = fit(
             model,
@@ -172,25 +174,48 @@ def execute(
     return result
 
 
+class FolderBusy(Exception):
+    """Another process holds the lock of a run folder (:func:`folder_lock`)."""
+
+
+def lock_path(run_dir: Path) -> Path:
+    """``.<name>.lock`` beside ``run_dir`` (resolved, so that every spelling of a folder
+    names one lock): outside the folder, so that taking it writes nothing into the folder."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
 @contextmanager
-def trial_lock(trial: Trial) -> Iterator[None]:
-    """Hold an exclusive lock on ``trial`` (``.<name>.lock`` beside its folder) while it runs,
-    so that two processes never write one run folder: a second one (a sweep run again while a
-    worker of the killed one is still finishing) waits, then finds the trial's new state.
-    The operating system releases the lock when its holder dies. No-op without ``fcntl``."""
+def folder_lock(path: Path, blocking: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing). ``blocking``:
+    wait for it; else raise :class:`FolderBusy` at once. The operating system releases the
+    lock when its holder dies (a SIGKILL leaves no stale lock). No-op without ``fcntl``."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    path = trial.run_dir.parent / f".{trial.name}.lock"
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(str(path)) from None
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def trial_lock(trial: Trial) -> Iterator[None]:
+    """Hold an exclusive lock on ``trial`` (``.<name>.lock`` beside its folder, see
+    :func:`lock_path`) while it runs, so that two processes never write one run folder: a
+    second one (a sweep run again while a worker of the killed one is still finishing) waits,
+    then finds the trial's new state. ``retain run`` takes the same lock, without waiting."""
+    with folder_lock(lock_path(trial.run_dir)):
+        yield
 
 
 def run_trial(trial: Trial) -> TrialResult:

@@ -18,7 +18,9 @@ the task-agnostic accuracy of a task from one forward pass (``Method.predict_bot
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import math
 import random
 import time
@@ -386,6 +388,47 @@ class Trainer:
         return aware, agnostic
 
 
+@dataclass
+class RunProgress:
+    """Where :func:`fit` was when a ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as ``retain run``
+    raises it) stopped it: the exception carries it as ``run_progress``, for a message that
+    says what the folder holds and what is lost."""
+
+    n_tasks: int = 0
+    #: the task being trained or evaluated (0-based); None: before the first task's training
+    task: int | None = None
+    #: the last checkpoint written (or resumed from): ``task``, ``task_done`` and ``epoch``
+    #: (epochs of ``task`` done in a checkpoint inside a task); None: none in this folder
+    checkpoint: dict[str, Any] | None = None
+
+
+_PROGRESS: contextvars.ContextVar[RunProgress | None] = contextvars.ContextVar(
+    "retain_fit_progress", default=None
+)
+
+
+def _progress() -> RunProgress:
+    return _PROGRESS.get() or RunProgress()
+
+
+def _reports_interrupts(fn):
+    """``fn`` (:func:`fit`) with its :class:`RunProgress` attached to a ``KeyboardInterrupt``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        token = _PROGRESS.set(RunProgress())
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt as e:
+            e.run_progress = _PROGRESS.get()  # type: ignore[attr-defined]
+            raise
+        finally:
+            _PROGRESS.reset(token)
+
+    return wrapper
+
+
+@_reports_interrupts
 def fit(
     model: nn.Module,
     benchmark: Benchmark,
@@ -468,6 +511,7 @@ def fit(
             **mid,
         }
         runio.save_torch(out_path / runio.CHECKPOINT, state)
+        _progress().checkpoint = {"task": task_index, "task_done": task_done, **_epoch(mid)}
 
     if resume:
         if run_path is None or not (run_path / runio.CHECKPOINT).exists():
@@ -483,6 +527,8 @@ def fit(
         result.seconds_per_task = list(state["seconds_per_task"])
         result.method_metrics = state["metrics"].get("method", {})
         start_task = state["task"] + 1 if state["task_done"] else state["task"]
+        _progress().checkpoint = {"task": state["task"], "task_done": state["task_done"]}
+        _progress().checkpoint.update(_epoch(state))
         if not state["task_done"]:
             resume_mid = state
 
@@ -503,8 +549,10 @@ def fit(
         aware.set_initial(init_aw)
         agnostic.set_initial(init_ag)
 
+    _progress().n_tasks = benchmark.n_tasks
     for task in benchmark.tasks[start_task:]:
         t0 = time.perf_counter()
+        _progress().task = task.id
         trainer._checkpoint_fn = lambda task_done, _i=task.id, **mid: checkpoint(
             task_done, _i, **mid
         )
@@ -529,6 +577,10 @@ def fit(
     if out_path is not None and start_task >= benchmark.n_tasks:
         _write_results(out_path, result)  # killed between the last checkpoint and metrics.json
     return result
+
+
+def _epoch(state: dict[str, Any]) -> dict[str, Any]:
+    return {"epoch": state["epoch"]} if "epoch" in state else {}
 
 
 def _write_results(out_path: Path, result: RunResult) -> None:
