@@ -220,3 +220,31 @@ def test_mask_report_tables(tmp_path, capsys):
     assert "| b | finetune | 90.00 ± 0.00 | 0.00 ± 0.00 | - |" in out
     command = [sys.executable, "-m", "retain.report.mask_report", str(path)]
     assert subprocess.run(command, capture_output=True, text=True, check=True).stdout == out
+
+
+def test_a_corrupt_timings_json_keeps_the_run_with_time_na(runs, tmp_path, capsys):
+    (runs / "ft-0" / "timings.json").write_text('{"seconds_per_task": [1.0, ')  # cut mid-write
+    (runs / "ft-1" / "timings.json").write_text('{"seconds_per_task": "soon"}')
+    out = tmp_path / "rep"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    md = (out / "report.md").read_text()
+    ft = next(line for line in md.splitlines() if line.startswith("| finetune |"))
+    assert ft.startswith("| finetune | 2 |") and ft.endswith("| n/a |"), ft  # both seeds kept
+
+
+def test_markdown_escapes_html_in_the_note_methods_and_folders(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs / "ok", "<script>alert(1)</script>", 0, [[0.9, 0.5], [0.5, 0.9]])
+    (runs / "<img src=x onerror=alert(2)>").mkdir()
+    (runs / "<img src=x onerror=alert(2)>" / "config.yaml").write_text("method: [oops\n")
+    out = tmp_path / "rep"
+    note = "<b>bold</b> & <a href='x'>link</a>"
+    assert main(["report", str(runs), "--out", str(out), "--note", note]) == 0
+    md = (out / "report.md").read_text()
+    span = "`" + str(runs / "<img src=x onerror=alert(2)>") + "`"
+    assert f"- {span}: " in md  # the folder as a code span: shown, never rendered
+    for raw in ("<script>", "<b>", "<a href", "<img"):
+        assert raw not in md.replace(span, ""), raw
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in md
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; &lt;a href='x'&gt;link&lt;/a&gt;" in md

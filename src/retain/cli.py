@@ -157,6 +157,8 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from retain.engine.runio import RunFileError
+
     args = _parser().parse_args(argv)
     restore = _catch_sigterm()
     try:
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _sweep(args)
         return _run(args)
-    except UserError as e:
+    except (UserError, RunFileError) as e:  # RunFileError: a disk full, a garbled file
         print(f"retain: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # e.g. `retain list | head`
@@ -339,6 +341,7 @@ def _check_new_run_dir(run_dir: Path) -> None:
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--out {str(run_dir)!r} exists and is not a folder")
+    _check_writable(run_dir)
     if run_dir.is_dir() and any(
         (run_dir / f).exists() for f in (runio.CONFIG, runio.METRICS, runio.CHECKPOINT)
     ):
@@ -459,6 +462,17 @@ def _warn(message: str) -> None:
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} exists and is not a folder")
+    _check_writable(out)
+
+
+def _check_writable(folder: Path) -> None:
+    """--out must be a folder files can be created in (tried, then undone), before training."""
+    from retain.engine import runio
+
+    try:
+        runio.check_writable(folder)
+    except runio.RunFileError as e:
+        raise UserError(f"--out: {e}") from None
 
 
 def _report(paths: list[str], out: Path, note: str) -> int:

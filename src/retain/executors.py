@@ -72,6 +72,80 @@ def _ray_trial(trial: Trial) -> TrialResult:
     return run_trial(trial)
 
 
+#: run by :func:`_start_reaper` in a process of its own: until the driver (argv[1]) ends (its
+#: pipe closes), note once a second the Ray processes below it (raylet, GCS, agents, workers:
+#: a command line in a ``ray`` folder or ``ray::...``) and everything below those; then
+#: SIGKILL the ones still alive (same pid, same start time). Ray's own agents wait 60 s for
+#: the dead GCS (to publish the raylet's death) before they exit.
+_REAPER = r"""
+import os, select, signal, sys
+
+driver, me = int(sys.argv[1]), os.getpid()
+seen = {}
+
+def stat(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[1]), fields[19]  # ppid, start time
+
+def is_ray(pid):
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmd = f.read()
+    except OSError:
+        return False
+    return cmd.startswith(b"ray::") or b"/ray/" in cmd
+
+def scan():
+    procs = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != me:
+            try:
+                procs[int(entry)] = stat(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    grew = True
+    while grew:
+        grew = False
+        for pid, (ppid, start) in procs.items():
+            if pid not in seen and (ppid in seen or (ppid == driver and is_ray(pid))):
+                seen[pid] = start
+                grew = True
+
+try:
+    while True:
+        scan()
+        ready, _, _ = select.select([sys.stdin], [], [], 1.0)
+        if ready and not os.read(sys.stdin.fileno(), 4096):
+            break
+except BaseException:
+    pass
+for pid, start in seen.items():
+    try:
+        if stat(pid)[1] == start:
+            os.kill(pid, signal.SIGKILL)
+    except (OSError, IndexError, ValueError):
+        pass
+"""
+
+
+def _start_reaper():
+    """Start the reaper of the embedded Ray about to be started (Linux; None elsewhere).
+    Closing its stdin (this process ending, killed or not) sets it off."""
+    import subprocess
+    import sys
+
+    if not os.path.isdir("/proc"):
+        return None
+    return subprocess.Popen(
+        [sys.executable, "-c", _REAPER, str(os.getpid())],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # outlives a kill of the driver's process group or session
+    )
+
+
 def ray_available() -> bool:
     try:
         import ray  # noqa: F401
@@ -93,6 +167,7 @@ class RayExecutor:
         self.workers = workers
         self.address = address
         self._own = False
+        self._reaper: Any = None
 
     def __enter__(self) -> RayExecutor:
         try:
@@ -105,6 +180,8 @@ class RayExecutor:
                 "log_to_driver": False,
                 "configure_logging": False,
             }
+            if not self.address:  # a killed driver takes its embedded Ray's agents with it
+                self._reaper = _start_reaper()
             try:
                 if self.address:
                     ray.init(address=self.address, **kwargs)
@@ -122,6 +199,10 @@ class RayExecutor:
 
             ray.shutdown()
             self._own = False
+        if self._reaper is not None:
+            self._reaper.stdin.close()  # what ray.shutdown left, if anything
+            self._reaper.wait()
+            self._reaper = None
 
     def run(self, trials: list[Trial], on_result: Reporter) -> None:
         import ray

@@ -165,7 +165,16 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {str(path)!r} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at "
+            f"offset {e.start}); save it as UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0]
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
@@ -175,6 +184,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return data
 
+
+#: the run seeds torch's generators take (numpy's is seeded with the seed modulo 2**32)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
+
+#: the run seeds torch's generators take (numpy's is seeded with the seed modulo 2**32)
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
 #: one layer of config keys and the source named in its error messages ("--set", "grid", ...)
 Layer = tuple[str, Mapping[str, Any]]
@@ -224,6 +239,11 @@ def resolve(
         raise ConfigError(str(e)) from None
     if rc.threads < 1:
         raise ConfigError(f"threads must be at least 1, got {rc.threads}")
+    if not SEED_MIN <= rc.seed <= SEED_MAX:
+        raise ConfigError(
+            f"seed must be an integer from {SEED_MIN} to {SEED_MAX} (what torch can take), "
+            f"got {rc.seed}"
+        )
     check_names(rc)
     return rc
 
@@ -284,4 +304,28 @@ def build(config: RunConfig):
         method = make_method(config.method, **config.method_args)
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
+    except (RuntimeError, MemoryError) as e:  # an allocation that cannot be made
+        too_large = _too_large(config, e)
+        if too_large is None:
+            raise
+        raise ConfigError(too_large) from None
     return benchmark, model, method
+
+
+def _too_large(config: RunConfig, error: BaseException) -> str | None:
+    """The one-line message for a model whose weights cannot be allocated, with the size
+    asked when the allocator says it; None for any other error."""
+    import re
+
+    text = str(error)
+    if not isinstance(error, MemoryError) and not re.search(
+        r"can't allocate memory|out of memory|not enough memory", text, re.IGNORECASE
+    ):
+        return None
+    asked = re.search(r"allocate (\d+) bytes", text)
+    size = ""
+    if asked:
+        n = int(asked.group(1))
+        size = f" (one of its tensors asks for {n:,} bytes, {n / 2**30:,.1f} GiB)"
+    args = f" with model_args {config.model_args}" if config.model_args else ""
+    return f"model {config.model!r}{args} is too large for this machine's memory{size}"

@@ -100,7 +100,7 @@ def trial_state(trial: Trial) -> str:
         return START
     try:
         stored = yaml.safe_load(cfg_file.read_text())
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         raise TrialConflict(f"{run_dir}: unreadable {runio.CONFIG}; move the folder away") from None
     if stored != trial.config.to_dict():
         raise TrialConflict(f"{run_dir} holds the config of another run; move it away")
@@ -143,6 +143,7 @@ def execute(
     created = writer and not run_dir.exists()
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
+        runio.remove_stale_temps(run_dir)  # left by a killed writer (the folder's lock is held)
     written = []
     if writer and not resume:  # a folder started again keeps its files if setup refuses
         written = [

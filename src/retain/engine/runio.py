@@ -7,8 +7,10 @@ a run killed at any moment leaves either the previous complete file or the new o
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -39,23 +41,109 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+#: the names :func:`_temp_beside` gives: ``.<target name>.<8 characters of mkstemp>.tmp``
+TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
 def _temp_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file next to ``path`` (same file system, so the rename is atomic)."""
+    """A new temporary file next to ``path`` (same file system, so the rename is atomic),
+    named after :data:`TEMP_PATTERN`."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, FILE_MODE)
     return fd, tmp
 
 
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temporaries a killed writer left in ``folder`` (files matching
+    :data:`TEMP_PATTERN` only, nothing else); call it with the folder's lock held, when a run
+    starts or resumes there. Returns the files removed."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if TEMP_PATTERN.match(entry.name) and entry.is_file() and not entry.is_symlink():
+            try:
+                entry.unlink()
+            except OSError:
+                continue
+            removed.append(entry)
+    return removed
+
+
+class RunFileError(OSError):
+    """A run folder's file that cannot be written (disk full, no permission) or read back
+    (garbled); the message is one line naming the file. Nothing already written is lost: a
+    failed write leaves the previous complete file. An ``OSError``, as the failure it
+    replaces."""
+
+
+def _size(n: int) -> str:
+    for unit, scale, least in (("GB", 1e9, 1e9), ("MB", 1e6, 1e5), ("kB", 1e3, 1e3)):
+        if n >= least:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def write_failed(path: Path, error: OSError, size: int | None = None) -> RunFileError:
+    """The one-line :class:`RunFileError` for a failed write of ``size`` bytes to ``path``:
+    with the space it needs and the space free when the disk is full."""
+    import errno
+    import shutil
+
+    what = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT) and size is not None:
+        try:
+            free = f", {_size(shutil.disk_usage(Path(path).parent).free)} free"
+        except OSError:
+            free = ""
+        what = f"no space left on the device (it needs about {_size(size)}{free})"
+    return RunFileError(f"cannot write {path}: {what}")
+
+
+def check_writable(folder: Path) -> None:
+    """Raise :class:`RunFileError` unless files can be created in ``folder`` (made if
+    missing): tried with a temporary file, then undone, folders made included."""
+    folder = Path(folder)
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_beside(folder / "probe")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise RunFileError(f"cannot write in {folder}: {e.strerror or e}") from None
+    finally:
+        for d in missing:  # deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary beside it; a failure
+    (:class:`RunFileError`) leaves the previous file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_beside(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_beside(path)
+    except OSError as e:
+        raise write_failed(path, e, len(data)) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, e, len(data)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -89,24 +177,126 @@ def load_torch(path: Path) -> Any:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+#: how non-finite floats are written in ``events.jsonl`` (JSON has no NaN or Infinity)
+_NON_FINITE = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+
+
+def _finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float as the string ``"NaN"``, ``"Infinity"`` or
+    ``"-Infinity"`` (read back as floats by :func:`_from_json`)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_json(v) for v in value]
+    return value
+
+
+def _from_json(value: Any) -> Any:
+    if isinstance(value, str) and value in _NON_FINITE:
+        return _NON_FINITE[value]
+    if isinstance(value, dict):
+        return {k: _from_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_json(v) for v in value]
+    return value
+
+
+def _event_line(event: dict) -> str:
+    return json.dumps(_finite_json(event), sort_keys=True, allow_nan=False) + "\n"
+
+
+def read_events(path: Path) -> tuple[list[dict], bool]:
+    """The events of an ``events.jsonl`` and whether its last line was partial (a writer
+    killed mid-line: dropped). A line that is not a JSON object elsewhere raises
+    :class:`RunFileError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise RunFileError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    partial = lines[-1] != b""  # no newline at the end: the last write was cut short
+    last = lines.pop()
+    if partial:
+        try:
+            if isinstance(json.loads(last.decode()), dict):
+                lines.append(last)  # only the newline was lost: a whole event
+        except ValueError:
+            pass
+    events = []
+    for i, line in enumerate(lines, 1):
+        try:
+            event = json.loads(line.decode())
+        except ValueError:
+            event = None
+        if not isinstance(event, dict):
+            raise RunFileError(
+                f"{path}: line {i} is not a JSON object (garbled); move the file away to "
+                "resume without the log of the epochs before the checkpoint"
+            )
+        events.append(_from_json(event))
+    return events, partial
+
+
 class EventLog:
-    """``events.jsonl``: one JSON object per line (per epoch), kept in memory and rewritten
-    atomically, so that a resumed run drops the events written after its checkpoint."""
+    """``events.jsonl``: one JSON object per line (per epoch; non-finite floats as the strings
+    ``"NaN"``, ``"Infinity"``, ``"-Infinity"``). Every event is appended as one line; the whole
+    file is written only by the first event of a fresh log and by :meth:`load` (a resume
+    drops the events written after its checkpoint). A killed writer may leave a partial last
+    line, which :meth:`load` drops."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.events: list[dict] = []
+        self._on_disk = False  # whether the file holds exactly ``self.events``
 
     def load(self, n_keep: int) -> None:
-        if self.path is not None and self.path.exists():
-            lines = self.path.read_text().splitlines()
-            self.events = [json.loads(line) for line in lines[:n_keep]]
+        """Keep the first ``n_keep`` events of the file (those its checkpoint counts), and
+        rewrite it once if it holds more; warn (one line) when it holds fewer."""
+        if self.path is None or not self.path.exists():
+            if self.path is not None and n_keep > 0:
+                _warn(
+                    f"{self.path} is missing; the log of the epochs before the checkpoint "
+                    "is lost, the run goes on"
+                )
+            return
+        events, partial = read_events(self.path)
+        self.events = events[:n_keep]
+        if len(events) < n_keep:
+            _warn(
+                f"{self.path} holds {len(events)} of the {n_keep} events its checkpoint counts "
+                "(truncated); the log of the missing epochs is lost, the run goes on"
+            )
+        if partial or len(events) != len(self.events):
+            self._write_all()
+        self._on_disk = True
+
+    def _write_all(self) -> None:
+        assert self.path is not None
+        atomic_write_text(self.path, "".join(_event_line(e) for e in self.events))
 
     def append(self, event: dict) -> None:
         self.events.append(event)
-        if self.path is not None:
-            text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in self.events)
-            atomic_write_text(self.path, text)
+        if self.path is None:
+            return
+        if not self._on_disk:  # a fresh log: replace whatever an earlier start left
+            self._write_all()
+            self._on_disk = True
+            return
+        line = _event_line(event).encode()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            try:
+                os.write(fd, line)  # one write: a kill leaves at most a partial last line
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise write_failed(self.path, e, len(line)) from None
+
+
+def _warn(message: str) -> None:
+    print(f"retain: warning: {message}", file=sys.stderr)
 
 
 def git_commit() -> str | None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+
 from retain.report.document import Report
 from retain.report.layout import layout, seeds_line, settings_line
 from retain.report.summary import Table
@@ -10,7 +13,18 @@ FIGURES_DIR = "figures"
 
 
 def _escape(text: str) -> str:
-    return text.replace("|", "\\|")
+    """``text`` shown as it is: HTML (``<``, ``>``, ``&``) as entities, as the HTML report
+    escapes it, and ``|`` escaped so that it stays inside its table cell."""
+    return html.escape(str(text), quote=False).replace("|", "\\|")
+
+
+def _code(text: str) -> str:
+    """``text`` as an inline code span (nothing in it is rendered), fenced by more backticks
+    than it holds in a row."""
+    text = str(text).replace("\n", " ")
+    fence = "`" * (max((len(r) for r in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def markdown_table(table: Table, with_time: bool = True) -> str:
@@ -32,9 +46,9 @@ def markdown_table(table: Table, with_time: bool = True) -> str:
 
 def render_markdown(report: Report) -> str:
     """The whole report; figures are referenced as ``figures/<name>``."""
-    out = [f"# {report.title}", ""]
+    out = [f"# {_escape(report.title)}", ""]
     if report.note:
-        out += [f"> {report.note}", ""]
+        out += [f"> {_escape(report.note)}", ""]
     out += [
         "Accuracies in %, mean ± standard deviation over seeds. ACC: final average accuracy; "
         "BWT: backward transfer; FWT: forward transfer; Forg.: forgetting; TAw: task-aware "
@@ -47,12 +61,13 @@ def render_markdown(report: Report) -> str:
         t = section.table
         out += [f"## {_escape(t.title)}", "", markdown_table(t), ""]
         if t.common:
-            out += [f"Settings shared by every row: {settings_line(t)}.", ""]
-        out += [f"Seeds: {seeds_line(t)}.", ""]
+            out += [f"Settings shared by every row: {_escape(settings_line(t))}.", ""]
+        out += [f"Seeds: {_escape(seeds_line(t))}.", ""]
         for fig in section.figures:
-            out += [f"![{fig.caption}]({FIGURES_DIR}/{fig.name})", "", f"*{fig.caption}*", ""]
+            cap = _escape(fig.caption)
+            out += [f"![{cap}]({FIGURES_DIR}/{fig.name})", "", f"*{cap}*", ""]
     if report.skipped:
         out += ["## Skipped run folders", ""]
-        out += [f"- `{s.path}`: {s.reason}" for s in report.skipped]
+        out += [f"- {_code(s.path)}: {_escape(s.reason)}" for s in report.skipped]
         out.append("")
     return "\n".join(out)

@@ -136,13 +136,20 @@ def _matrix(metrics: dict[str, Any], key: str) -> AccuracyMatrix:
 
 
 def _seconds(run: Path) -> list[float] | None:
+    """Seconds per task from ``timings.json``; None (time n/a) when it is missing or
+    unreadable: timings never keep a finished run out of a report."""
     path = run / runio.TIMINGS
     if not path.is_file():
         return None
-    timings = _read_json(path)
+    try:
+        timings = _read_json(path)
+    except _Unusable:
+        return None
     secs = timings.get("seconds_per_task") if isinstance(timings, dict) else None
-    if not isinstance(secs, list) or not all(isinstance(s, (int, float)) for s in secs):
-        raise _Unusable(f"{runio.TIMINGS} holds no seconds_per_task list")
+    if not isinstance(secs, list) or not all(
+        isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) for s in secs
+    ):
+        return None
     return [float(s) for s in secs]
 
 
