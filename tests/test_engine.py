@@ -120,9 +120,10 @@ class Crash(Exception):
 
 
 class CrashAfter(Method):
-    """Fine-tuning that raises after ``n`` optimiser steps (a simulated kill)."""
+    """Fine-tuning that raises after ``n`` optimiser steps (a simulated kill); named as the
+    method it stands in for, since a resume refuses a checkpoint of another method."""
 
-    name = "crash-test"
+    name = "finetune"
 
     def __init__(self, n: int) -> None:
         super().__init__()

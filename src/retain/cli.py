@@ -363,8 +363,18 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
         return _restart_config(run_dir, args, flags)
     try:
         stored = resolve(cfg_file)
+        # verified in full (format, checksum, weights only) before anything is built or said
+        trained = runio.load_torch(run_dir / runio.CHECKPOINT).get("config")
     except ConfigError as e:
         raise UserError(f"cannot resume: {cfg_file}: {e}") from None
+    except runio.CheckpointError as e:
+        raise UserError(f"cannot resume: {e}") from None
+    differs = runio.config_difference(trained, stored.to_dict(), "in config.yaml")
+    if differs:  # config.yaml edited, emptied or replaced since the run was started
+        raise UserError(
+            f"cannot resume: {cfg_file} is not the config {runio.CHECKPOINT} was trained with "
+            f"({differs}); restore it or start a new run"
+        )
     _check_asked(stored, run_dir, args, flags)
     return stored, run_dir
 
@@ -411,7 +421,7 @@ def _nonnull(d: dict) -> dict:
 def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
     import torch
 
-    from retain.engine import distributed
+    from retain.engine import distributed, runio
     from retain.experiment import ConfigError
     from retain.report import format_result
     from retain.trials import execute
@@ -435,7 +445,7 @@ def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
         result = execute(
             config, run_dir, resume=resume, progress=False if quiet else None, on_built=announce
         )
-    except ConfigError as e:
+    except (ConfigError, runio.CheckpointError) as e:
         raise UserError(str(e)) from None
     if main:
         print(format_result(result.metrics()))
@@ -445,14 +455,12 @@ def _execute(config, run_dir: Path, resume: bool, quiet: bool) -> int:
 
 
 def _tasks_done(run_dir: Path) -> int:
-    import json
+    """Tasks done by metrics.json; 0 if it is missing or unreadable (the resume rebuilds it
+    from the checkpoint, as a compare's trial does)."""
+    from retain.trials import tasks_done
 
-    from retain.engine import runio
-
-    path = run_dir / runio.METRICS
-    if not path.is_file():
-        return 0
-    return len(json.loads(path.read_text())["task_aware"]["rows"])
+    done = tasks_done(run_dir)
+    return 0 if done is None else done[0]
 
 
 def _warn(message: str) -> None:

@@ -78,7 +78,7 @@ class TrialResult:
         return self.status == "ok"
 
 
-def _tasks_done(run_dir: Path) -> tuple[int, int] | None:
+def tasks_done(run_dir: Path) -> tuple[int, int] | None:
     path = run_dir / runio.METRICS
     if not path.is_file():
         return None
@@ -104,7 +104,7 @@ def trial_state(trial: Trial) -> str:
         raise TrialConflict(f"{run_dir}: unreadable {runio.CONFIG}; move the folder away") from None
     if stored != trial.config.to_dict():
         raise TrialConflict(f"{run_dir} holds the config of another run; move it away")
-    done = _tasks_done(run_dir)
+    done = tasks_done(run_dir)
     if done is not None and done[0] == done[1]:
         return DONE
     if (run_dir / runio.CHECKPOINT).is_file():
@@ -163,6 +163,7 @@ def execute(
             run_dir=run_dir,
             resume=resume,
             progress=progress,
+            run_config=config.to_dict(),
         )
     except SetupError as e:  # refused before training: leave no half-made run folder behind
         for path in written:

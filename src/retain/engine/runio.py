@@ -161,20 +161,133 @@ def write_yaml(path: Path, obj: Any) -> None:
     atomic_write_text(path, yaml.safe_dump(obj, sort_keys=False))
 
 
+#: the first line of every checkpoint this version writes
+CHECKPOINT_MAGIC = b"retain checkpoint\n"
+#: the checkpoint format: a checkpoint of another format is refused (:class:`CheckpointError`)
+CHECKPOINT_FORMAT = 2
+_ZIP_MAGIC = b"PK\x03\x04"  # a plain ``torch.save`` file (format 1, before the header)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, in one line naming the file: not a checkpoint, of
+    another format, damaged (checksum), truncated, holding objects other than tensors and
+    plain containers, or trained with another config than the one given to resume it."""
+
+
 def save_torch(path: Path, obj: Any) -> None:
+    """Write the checkpoint ``obj`` (a dict of tensors in plain dicts, lists and tuples) to
+    ``path`` atomically.
+
+    The file is :data:`CHECKPOINT_MAGIC`, then one line of JSON, then the payload (the bytes of
+    ``torch.save(obj)``). The JSON line holds ``format`` (:data:`CHECKPOINT_FORMAT`) and the
+    payload's length (``size``) and SHA-256 (``sha256``), checked by :func:`load_torch`."""
+    import hashlib
+    import io
+
     path = Path(path)
-    fd, tmp = _temp_beside(path)
-    os.close(fd)
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    payload = buf.getvalue()
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "size": len(payload),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+    }
+    head = CHECKPOINT_MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n"
     try:
-        torch.save(obj, tmp)
+        fd, tmp = _temp_beside(path)
+    except OSError as e:
+        raise write_failed(path, e, len(head) + len(payload)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(head)
+            f.write(payload)
         os.replace(tmp, path)
+    except OSError as e:  # disk full: one line with the space the checkpoint needs
+        Path(tmp).unlink(missing_ok=True)
+        raise write_failed(path, e, len(head) + len(payload)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _read_header(path: Path, f) -> dict[str, Any]:
+    """The JSON line of the checkpoint open in ``f`` (positioned after it), checked."""
+    start = f.read(len(CHECKPOINT_MAGIC))
+    if start != CHECKPOINT_MAGIC:
+        if start.startswith(_ZIP_MAGIC):
+            raise CheckpointError(
+                f"{path} was written by an earlier retain (no checksum, no stored config) and "
+                "is not loaded; start the run again in a new folder"
+            )
+        raise CheckpointError(f"{path} is not a retain checkpoint")
+    line = f.readline(1 << 20)
+    try:
+        header = json.loads(line)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or not line.endswith(b"\n"):
+        raise CheckpointError(f"{path}: damaged header (truncated or overwritten)")
+    if header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {header.get('format')!r}; this retain reads format "
+            f"{CHECKPOINT_FORMAT} only"
+        )
+    if not isinstance(header.get("size"), int) or not isinstance(header.get("sha256"), str):
+        raise CheckpointError(f"{path}: damaged header (no size or checksum)")
+    return header
+
+
+def config_difference(trained: Any, given: dict[str, Any], where: str = "given") -> str | None:
+    """``"KEY: A in the checkpoint, B <where>"`` for the first key (in ``given``'s order) whose
+    value differs between the config a checkpoint was trained with and the one given to resume
+    it; ``None`` if they are equal. Both are compared as JSON (the header's form)."""
+    if not isinstance(trained, dict):
+        return "the checkpoint stores no config"
+    trained, given = json.loads(json.dumps(trained)), json.loads(json.dumps(given))
+    for key in [*given, *(k for k in trained if k not in given)]:
+        a, b = trained.get(key, "<absent>"), given.get(key, "<absent>")
+        if a != b:
+            return f"{key}: {a!r} in the checkpoint, {b!r} {where}"
+    return None
+
+
 def load_torch(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint written by :func:`save_torch`, verifying its format, length and
+    checksum, and unpickling with ``weights_only=True``: tensors and plain containers only,
+    so a crafted file can run no code. Every failure is a :class:`CheckpointError`."""
+    import hashlib
+    import io
+    import pickle
+
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            header = _read_header(path, f)
+            payload = f.read()
+    except OSError as e:
+        raise CheckpointError(f"{path}: {e.strerror or e}") from None
+    if len(payload) != header["size"]:
+        raise CheckpointError(
+            f"{path} is truncated or extended ({len(payload)} bytes of payload, "
+            f"{header['size']} written)"
+        )
+    if hashlib.sha256(payload).hexdigest() != header["sha256"]:
+        raise CheckpointError(f"{path} is damaged (checksum mismatch)")
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused a global: no code was run
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = found.group(1) if found else ""
+        raise CheckpointError(
+            f"{path} holds objects other than tensors{f' ({what})' if what else ''}; "
+            "refused (no code from a checkpoint is run)"
+        ) from None
+    except (RuntimeError, ValueError, EOFError) as e:
+        raise CheckpointError(f"{path}: unreadable payload ({str(e).splitlines()[0]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a checkpoint's dict")
+    return state
 
 
 #: how non-finite floats are written in ``events.jsonl`` (JSON has no NaN or Infinity)

@@ -130,10 +130,13 @@ class RunResult:
 
 
 def _rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every RNG's state as tensors and plain containers (a checkpoint holds nothing else):
+    numpy's ``("MT19937", keys, pos, has_gauss, cached_gaussian)`` with its keys as a tensor."""
+    kind, keys, *rest = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "batches": generator.get_state(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), *rest),
         "python": random.getstate(),
     }
 
@@ -141,8 +144,20 @@ def _rng_state(generator: torch.Generator) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(state["torch"])
     generator.set_state(state["batches"])
-    np.random.set_state(state["numpy"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     random.setstate(state["python"])
+
+
+def _fit_config(config: TrainConfig, seed: int, method: Method, benchmark: Benchmark) -> dict:
+    """What :func:`fit` knows of a run's config when it is given no ``run_config``."""
+    return {
+        "method": method.name,
+        "benchmark": benchmark.name,
+        "n_tasks": benchmark.n_tasks,
+        "seed": seed,
+        **asdict(config),
+    }
 
 
 def seed_everything(seed: int) -> None:
@@ -440,6 +455,7 @@ def fit(
     resume: bool = False,
     progress: bool | None = None,
     on_task_end=None,
+    run_config: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> RunResult:
     """Train ``model`` on ``benchmark``'s tasks in order with ``method``; evaluate all tasks
@@ -455,9 +471,15 @@ def fit(
             Build the model after seeding (``retain.seed_everything``) to fix its init too.
         run_dir: if given, write ``metrics.json``, ``events.jsonl``, ``checkpoint.pt``,
             ``timings.json`` there (atomically), checkpointing at every task boundary.
-        resume: continue from ``run_dir/checkpoint.pt``.
+        resume: continue from ``run_dir/checkpoint.pt``; refused
+            (:class:`~retain.engine.runio.CheckpointError`) if the checkpoint is damaged or was
+            trained with another config.
         progress: show a tqdm bar (default: only when stderr is a terminal).
         on_task_end: optional callback ``(task_index, RunResult)`` after each task.
+        run_config: the run's whole config as a plain dict (``RunConfig.to_dict()``, as
+            ``retain run`` passes it), stored in every checkpoint and compared on resume.
+            Default: what ``fit`` knows (the method's and benchmark's names, the number of
+            tasks, the seed and the training settings).
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     config.validate()
@@ -495,6 +517,8 @@ def fit(
     agnostic = AccuracyMatrix(benchmark.n_tasks)
     result = RunResult(aware, agnostic, run_path)
     start_task, resume_mid = 0, None
+    if run_config is None:
+        run_config = _fit_config(config, seed, method, benchmark)
 
     def checkpoint(task_done: bool, task_index: int, **mid: Any) -> None:
         if out_path is None:
@@ -508,6 +532,7 @@ def fit(
             "n_events": len(events.events),
             "metrics": result.metrics(),
             "seconds_per_task": list(result.seconds_per_task),
+            "config": run_config,
             **mid,
         }
         runio.save_torch(out_path / runio.CHECKPOINT, state)
@@ -517,6 +542,11 @@ def fit(
         if run_path is None or not (run_path / runio.CHECKPOINT).exists():
             raise FileNotFoundError(f"no checkpoint to resume in {run_path}")
         state = runio.load_torch(run_path / runio.CHECKPOINT)
+        differs = runio.config_difference(state.get("config"), run_config)
+        if differs is not None:
+            raise runio.CheckpointError(
+                f"{run_path / runio.CHECKPOINT} was trained with another config ({differs})"
+            )
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"])
         _set_rng_state(state["rng"], generator)
