@@ -243,6 +243,19 @@ def _temps(folder: Path) -> list[str]:
     return [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_disk_full_writing_the_checkpoint_is_one_line_with_its_size(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "r"
+    _disk_full_on(monkeypatch, runio.CHECKPOINT, nth=2)  # at the end of task 2
+    assert main(["run", *FAST, "--out", str(out)]) == 2
+    line = _one_error(capsys, allow_announce=True)
+    assert f"cannot write {out / runio.CHECKPOINT}: no space left on the device" in line
+    assert "(it needs about 0.8 MB, " in line and " free)" in line, line
+    state = runio.load_torch(out / runio.CHECKPOINT)  # the previous checkpoint is intact
+    assert state["task"] == 0 and state["task_done"]
+    assert len(json.loads((out / "metrics.json").read_text())["task_aware"]["rows"]) == 1
+    assert _temps(out) == []
+
+
 def test_disk_full_writing_metrics_keeps_the_previous_file(tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     _disk_full_on(monkeypatch, runio.METRICS, nth=3)
