@@ -1,7 +1,9 @@
 """The ``retain`` command: ``run``, ``list``, ``report``, ``compare``, ``sweep``.
 
 Every user error (names, config keys and values, files, data) ends in one line on stderr and
-exit code 2; nothing already in a run folder is overwritten or lost.
+exit code 2; nothing already in a run folder is overwritten or lost. A run whose training
+diverged (a non-finite loss or weights) ends in one line naming the task, epoch and step, exit
+code 3, and its folder marked with ``diverged.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 #: exit codes of an interrupted command (the shell's 128 + signal number)
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
 
@@ -51,7 +54,11 @@ def _signal_name(e: BaseException) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="retain", description="Continual learning: train one network on a task sequence."
+        prog="retain",
+        description="Continual learning: train one network on a task sequence.",
+        epilog="exit codes: 0 done; 1 a compare or sweep trial failed; 2 a user error (one "
+        "line); 3 training diverged (a non-finite loss or weights; the run folder holds "
+        "diverged.json); 130 and 143 interrupted (Ctrl-C, SIGTERM)",
     )
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -158,6 +165,7 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from retain.engine.runio import RunFileError
+    from retain.engine.trainer import DIVERGED, Diverged
 
     args = _parser().parse_args(argv)
     restore = _catch_sigterm()
@@ -180,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, RunFileError) as e:  # RunFileError: a disk full, a garbled file
         print(f"retain: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Diverged as e:
+        where = f"; {e.run_dir} is marked diverged ({DIVERGED})" if e.run_dir else ""
+        print(f"retain: {e}{where}", file=sys.stderr)
+        return EXIT_DIVERGED
     except BrokenPipeError:  # e.g. `retain list | head`
         sys.stderr.close()
         return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -94,6 +95,8 @@ def _check_type(key: str, value: Any) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -228,6 +231,12 @@ def resolve(
         apply(config, parsed, "--set")
     for source, updates in overrides:
         apply(config, dict(updates), source)
+    from retain.methods import non_finite
+
+    for key in ("benchmark_args", "model_args"):  # method_args: make_method, below
+        bad = non_finite(config.get(key, {}), key)
+        if bad is not None:
+            raise ConfigError(f"{bad[0]} must be a finite number, got {bad[1]}")
     if config.get("smoke"):
         from retain.smoke import overlay
 

@@ -326,8 +326,8 @@ def search_trials(spec: SweepSpec, out: Path, base: dict[str, Any] | None = None
 # ---------------------------------------------------------------------- running
 class StatusLog:
     """``trials.json`` in the sweep folder: per trial, what every invocation did with it
-    (action: done = skipped as finished, resume, start; status: ok or failed), rewritten
-    atomically after every result. Several processes may share one
+    (action: done = skipped as finished, resume, start, diverged; status: ok, failed or
+    diverged), rewritten atomically after every result. Several processes may share one
     folder (two compares on one ``--out``): every record re-reads the file and adds its entry
     under the lock ``.trials.json.lock``, so that no process drops another's entries."""
 
@@ -360,7 +360,8 @@ class SweepOutcome:
 
     @property
     def failed(self) -> list[TrialResult]:
-        return [r for r in self.results if not r.ok]
+        """The trials that failed (a diverged trial is a result, not a failure)."""
+        return [r for r in self.results if r.status == "failed"]
 
 
 def run_trials(
@@ -391,6 +392,8 @@ def run_trials(
 
 def describe(result: TrialResult) -> str:
     """One line: the trial, what was done, and its final accuracies or its error."""
+    if result.status == "diverged":
+        return f"{result.name}: DIVERGED ({result.action}): {result.error}"
     if not result.ok:
         return f"{result.name}: FAILED ({result.action}): {result.error}"
     verb = {"done": "already finished", "resume": "resumed", "start": "trained"}[result.action]

@@ -6,7 +6,8 @@ a hash of the rest of the config (:func:`trial_name`), so running the same grid 
 the same folders: a finished trial (``metrics.json`` with every task) is skipped, an
 interrupted one (a ``checkpoint.pt``) is resumed from its last checkpoint, and a folder killed
 before its first checkpoint is started again. A folder whose ``config.yaml`` describes another
-run is never touched (:class:`TrialConflict`).
+run is never touched (:class:`TrialConflict`). A trial whose training diverged (its folder
+holds ``diverged.json``) has status ``diverged`` and is not run again.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ from typing import Any
 import yaml
 
 from retain.engine import runio
+from retain.engine.trainer import DIVERGED as DIVERGED_FILE
+from retain.engine.trainer import Diverged
 from retain.experiment import RunConfig
 
 DONE, RESUME, START = "done", "resume", "start"
+#: a trial's state and status when its training diverged (:class:`~retain.engine.Diverged`)
+DIVERGED = "diverged"
 
 
 class TrialConflict(Exception):
@@ -63,7 +68,8 @@ class Trial:
 @dataclass
 class TrialResult:
     """What happened to a trial: ``action`` (done: skipped as finished, resume, start) and
-    ``status`` (ok or failed, with ``error``), with the run's metrics when it finished."""
+    ``status`` (ok, failed or diverged, with ``error``), with the run's metrics when it
+    finished."""
 
     name: str
     run_dir: str
@@ -104,6 +110,8 @@ def trial_state(trial: Trial) -> str:
         raise TrialConflict(f"{run_dir}: unreadable {runio.CONFIG}; move the folder away") from None
     if stored != trial.config.to_dict():
         raise TrialConflict(f"{run_dir} holds the config of another run; move it away")
+    if (run_dir / DIVERGED_FILE).is_file():
+        return DIVERGED
     done = tasks_done(run_dir)
     if done is not None and done[0] == done[1]:
         return DONE
@@ -232,10 +240,21 @@ def _run_trial(trial: Trial) -> TrialResult:
     action = START
     try:
         action = trial_state(trial)
+        if action == DIVERGED:
+            raise Diverged.from_record(json.loads((trial.run_dir / DIVERGED_FILE).read_text()))
         if action == DONE:
             metrics = json.loads((trial.run_dir / runio.METRICS).read_text())
         else:
             metrics = execute(trial.config, trial.run_dir, resume=action == RESUME).metrics()
+    except Diverged as e:  # a result, not a failure: shown as diverged, not retried
+        return TrialResult(
+            trial.name,
+            str(trial.run_dir),
+            action,
+            DIVERGED,
+            error=str(e),
+            seconds=round(time.perf_counter() - t0, 3),
+        )
     except Exception as e:  # reported per trial: the others go on
         first = (str(e).splitlines() or [""])[0]
         return TrialResult(

@@ -30,9 +30,19 @@ def _check_pair(x: Tensor, y: Tensor, where: str) -> None:
         raise DataError(f"{where}: no samples")
 
 
+def _check_finite(x: Tensor, what: str) -> None:
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1)
+        raise DataError(
+            f"{what} hold NaN or infinite values ({int(bad.sum())} samples, the first is "
+            f"sample {int(bad.nonzero()[0])}); clean or drop them"
+        )
+
+
 def _prepare_split(x: Any, y: Any, where: str) -> tuple[Tensor, Tensor]:
     xt, yt = as_inputs(x, f"{where} inputs"), as_labels(y, f"{where} labels")
     _check_pair(xt, yt, where)
+    _check_finite(xt, f"{where} inputs")
     return xt, yt
 
 
@@ -97,9 +107,10 @@ def benchmark_from_tensors(
     ``n_tasks`` (the sorted class ids cut into that many equal consecutive groups).
 
     Raises:
-        DataError: mismatched lengths, non-integer labels, differing train/test sample shapes,
-            a class named in ``tasks`` with no train or test samples, a class in two tasks, an
-            empty task, or classes that do not divide into ``n_tasks``.
+        DataError: NaN or infinite inputs, mismatched lengths, non-integer labels, differing
+            train/test sample shapes, a class named in ``tasks`` with no train or test
+            samples, a class in two tasks, an empty task, or classes that do not divide into
+            ``n_tasks``.
     """
     if (tasks is None) == (n_tasks is None):
         raise DataError("give exactly one of tasks= (class lists) or n_tasks=")

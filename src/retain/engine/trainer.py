@@ -50,6 +50,44 @@ class SetupError(ValueError):
     e.g. WSN given a backbone with ordinary BatchNorm."""
 
 
+#: the file :func:`fit` writes into a run folder whose training diverged (:class:`Diverged`)
+DIVERGED = "diverged.json"
+
+
+class Diverged(RuntimeError):
+    """Training produced a non-finite loss (or non-finite weights). Raised by
+    :meth:`Trainer.run_epoch` at the end of the epoch in which it happened; ``task``, ``epoch``
+    and ``step`` (the epoch's first step with a non-finite loss) count from 0, as in
+    ``events.jsonl``. :func:`fit` first writes :data:`DIVERGED` into the run folder."""
+
+    def __init__(self, task: int | None, epoch: int, step: int, what: str = "loss") -> None:
+        self.task, self.epoch, self.step, self.what = task, epoch, step, what
+        self.run_dir: Path | None = None  # the folder marked, set by fit
+        where = "" if task is None else f"task {task}, "  # None: a phase outside the tasks
+        super().__init__(
+            f"training diverged: non-finite {what} at {where}epoch {epoch}, step {step} "
+            "(counted from 0); lower the lr"
+        )
+
+    def __reduce__(self):  # picklable (Ray, multiprocessing)
+        return type(self), (self.task, self.epoch, self.step, self.what)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Diverged:
+        """The exception again, from the content of :data:`DIVERGED`."""
+        return cls(record["task"], record["epoch"], record["step"], record.get("what", "loss"))
+
+    def record(self) -> dict[str, Any]:
+        """The content of :data:`DIVERGED`."""
+        return {
+            "task": self.task,
+            "epoch": self.epoch,
+            "step": self.step,
+            "what": self.what,
+            "message": str(self),
+        }
+
+
 @dataclass
 class TrainConfig:
     """How every task is trained. A fresh optimiser (and schedule) is made for each task.
@@ -93,6 +131,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0 or self.weight_decay < 0 or self.checkpoint_every < 0:
@@ -192,6 +233,8 @@ class Trainer:
         self.progress = progress
         self._checkpoint_fn = checkpoint_fn
         self._resume: dict[str, Any] | None = None
+        #: epochs run per task id (the epoch named by :class:`Diverged`)
+        self._epochs: dict[int | None, int] = {}
         from retain.data.augment import make_augment
         from retain.engine.device import grad_scaler, resolve_device
 
@@ -258,13 +301,20 @@ class Trainer:
 
         Data-parallel (several processes, :mod:`retain.engine.distributed`): every process
         draws the same batch, trains on its shard with the loss weighted by the shard's share,
-        and the gradients are summed over processes before ``method.after_backward``."""
+        and the gradients are summed over processes before ``method.after_backward``.
+
+        Divergence is checked at the epoch's end, with no per-step host sync: the running
+        (float64) loss sum turns non-finite at the first non-finite loss and stays so, and a
+        device counter of the steps while it was finite gives that step's index. The epoch's
+        end reads the sum (as it always did) and checks the weights once; either non-finite
+        raises :class:`Diverged`."""
         method, model = self.method, self.model
         model.train()
         device, amp, scaler = self.device, self.config.amp, self.scaler
         wide = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
         total = torch.zeros((), dtype=wide, device=device)
-        count = 0
+        finite_steps = torch.zeros((), dtype=torch.long, device=device)
+        count = steps = 0
         parallel = distributed.active()
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if batches is None:
@@ -307,13 +357,23 @@ class Trainer:
             if share > 0:
                 total += loss.detach() * len(batch)
                 count += len(batch)
+            finite_steps += torch.isfinite(total)  # on the device: no host sync per step
+            steps += 1
             if bar is not None:
                 bar.update(n)
         if parallel:
             distributed.sync_rng(device)
             sums = distributed.sum_over_processes(torch.stack([total, total.new_tensor(count)]))
             total, count = sums[0], int(sums[1])
-        return float(total) / max(count, 1)
+        task_id = None if task is None else task.id
+        epoch = self._epochs.get(task_id, 0)
+        self._epochs[task_id] = epoch + 1
+        mean = float(total) / max(count, 1)
+        if not math.isfinite(mean):
+            raise Diverged(task_id, epoch, int(finite_steps))
+        if params and not bool(torch.stack([p.detach().isfinite().all() for p in params]).all()):
+            raise Diverged(task_id, epoch, steps - 1, "weights")
+        return mean
 
     def progress_bar(self, task: Task, total: int | None = None) -> tqdm:
         """The bar of one task's training (samples; ``total=None`` for a procedure whose
@@ -343,6 +403,7 @@ class Trainer:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             self.method.before_epoch(task, epoch)
+            self._epochs[task.id] = epoch
             loss = self.run_epoch(task, optimizer, bar)
             if scheduler is not None:
                 scheduler.step()
@@ -480,6 +541,11 @@ def fit(
             ``retain run`` passes it), stored in every checkpoint and compared on resume.
             Default: what ``fit`` knows (the method's and benchmark's names, the number of
             tasks, the seed and the training settings).
+
+    Raises:
+        Diverged: a non-finite training loss or non-finite weights (checked at every epoch's
+            end, :meth:`Trainer.run_epoch`); ``run_dir`` then holds :data:`DIVERGED`, and
+            its ``metrics.json`` the rows of the tasks before.
     """
     config = TrainConfig(**{**asdict(config or TrainConfig()), **overrides})
     config.validate()
@@ -592,7 +658,13 @@ def fit(
             method.resume_task(task)
         else:
             method.before_task(task)
-        method.train_task(task, trainer)
+        try:
+            method.train_task(task, trainer)
+        except Diverged as e:  # mark the folder; its metrics.json rows stay valid
+            if out_path is not None:
+                runio.write_json(out_path / DIVERGED, e.record())
+                e.run_dir = out_path
+            raise
         method.after_task(task)
         row_aw, row_ag = trainer.evaluate_all(trained=task.id + 1)
         aware.add_row(row_aw)

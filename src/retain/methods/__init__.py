@@ -26,7 +26,31 @@ def make_method(name: str, **kwargs) -> Method:
         if key not in accepted:
             valid = ", ".join(accepted) or "none"
             raise ValueError(f"method {name!r} has no argument {key!r}; accepted: {valid}")
+    for key, value in kwargs.items():
+        bad = non_finite(value, key)
+        if bad is not None:
+            raise ValueError(f"method {name!r}: {bad[0]} must be a finite number, got {bad[1]}")
     return cls(**kwargs)
+
+
+def non_finite(value, key: str) -> tuple[str, float] | None:
+    """The first NaN or infinite float in ``value`` (nested mappings and lists too) as
+    ``(dotted key, value)``, else None."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    if isinstance(value, dict):
+        items = list(value.items())
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    else:
+        return None
+    for k, v in items:
+        bad = non_finite(v, f"{key}.{k}")
+        if bad is not None:
+            return bad
+    return None
 
 
 def describe_methods() -> list[tuple[str, str]]:

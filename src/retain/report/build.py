@@ -41,7 +41,8 @@ def make_report(
 
     for table in build_tables(collection.runs):
         section = Section(table)
-        if figures:
+        trained = [g for g in table.groups if not g.diverged]  # diverged groups: no figures
+        if figures and trained:
             section.figures.append(
                 Figure(
                     name(table.title, "average-accuracy"),
@@ -50,7 +51,7 @@ def make_report(
                     plots.accuracy_curves(table),
                 )
             )
-            for group in table.groups:
+            for group in trained:
                 section.figures.append(
                     Figure(
                         name(table.title, group.label, "matrix"),
@@ -59,7 +60,7 @@ def make_report(
                         plots.accuracy_heatmaps(group),
                     )
                 )
-            for group in table.groups:
+            for group in trained:
                 png = plots.layer_plot(group)
                 if png is not None:
                     section.figures.append(

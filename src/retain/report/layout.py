@@ -4,7 +4,8 @@ Columns: method (label), seeds, then ACC, BWT, FWT and forgetting for each setti
 reports (task-aware, task-agnostic), CAP when some group reports it, and training time.
 Accuracies are percent, mean ± sample std over seeds (a single seed shows the mean only);
 ``n/a`` where a metric is undefined (a method without task-agnostic predictions, CAP of an
-unmasked method). The best mean of each accuracy column is marked.
+unmasked method). The best mean of each accuracy column is marked. A group whose runs
+diverged shows ``diverged`` in its accuracy cells and is never marked.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forg."}
 BETTER = {"acc": 1, "bwt": 1, "fwt": 1, "forgetting": -1}
 SETTING_NAMES = {"task_aware": "task-aware", "task_agnostic": "task-agnostic"}
 NA = "n/a"
+DIVERGED = "diverged"
 
 
 @dataclass
@@ -46,7 +48,7 @@ def _best(stats: list[Stat | None], sign: int) -> set[int]:
 def layout(table: Table, with_time: bool = True) -> Layout:
     """The table's cells (see the module docstring)."""
     groups = table.groups
-    settings = [s for s in SETTINGS if any(g.has_setting(s) for g in groups)]
+    settings = [s for s in SETTINGS if any(g.has_setting(s) for g in groups)] or [SETTINGS[0]]
     spans: list[tuple[str, int]] = [("", 2)]
     headers = ["method", "seeds"]
     columns: list[list[Cell]] = [
@@ -60,7 +62,10 @@ def layout(table: Table, with_time: bool = True) -> Layout:
             stats = [g.metric(setting, name) for g in groups]
             best = _best(stats, BETTER[name])
             columns.append(
-                [Cell(NA if s is None else s.format(), i in best) for i, s in enumerate(stats)]
+                [
+                    Cell(DIVERGED if g.diverged else NA if s is None else s.format(), i in best)
+                    for i, (g, s) in enumerate(zip(groups, stats))
+                ]
             )
     extra = []
     if table.has_capacity:

@@ -46,7 +46,7 @@ def accuracy_curves(table: Table) -> bytes:
     )
     for ax, setting in zip(axes[0], settings):
         for k, group in enumerate(table.groups):
-            if not group.has_setting(setting):
+            if not group.has_setting(setting):  # (nor has a diverged group)
                 continue
             curve = group.curve(setting)
             x = np.arange(1, len(curve) + 1)
@@ -58,7 +58,7 @@ def accuracy_curves(table: Table) -> bytes:
         ax.set_title(f"{table.title}: {TITLES[setting]}")
         ax.set_xlabel("tasks learned")
         ax.set_ylabel("average accuracy on tasks seen (%)")
-        ax.set_xticks(range(1, table.groups[0].n_tasks + 1))
+        ax.set_xticks(range(1, max(g.n_tasks for g in table.groups) + 1))
         ax.grid(alpha=0.3)
     handles, labels = {}, []
     for ax in axes[0]:  # one legend below the panels, every group once

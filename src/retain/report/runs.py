@@ -5,9 +5,11 @@ A folder is a *run folder* when it holds any of the files :func:`retain.fit` wri
 are searched for run folders below them (sweeps and ``retain compare`` nest them one level
 down). A run folder enters a report only when it is finished and readable: its
 ``config.yaml`` names a benchmark and a method, and its ``metrics.json`` holds both accuracy
-matrices with a row for every task. Every other run folder (interrupted, killed before its
-first task, corrupt or half-copied files) is returned in ``skipped`` with the reason, so the
-caller can warn about it by name; nothing raises.
+matrices with a row for every task. A run whose training diverged (``diverged.json``,
+:class:`~retain.engine.Diverged`) enters too, marked ``diverged``, with no metrics: reports show
+it as diverged and never rank it. Every other run folder (interrupted, killed before its first
+task, corrupt or half-copied files) is returned in ``skipped`` with the reason, so the caller
+can warn about it by name; nothing raises.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from typing import Any
 import yaml
 
 from retain.engine import runio
+from retain.engine.trainer import DIVERGED
 from retain.metrics import AccuracyMatrix
 
 #: files whose presence makes a folder a run folder
-RUN_FILES = (runio.CONFIG, runio.METRICS, runio.CHECKPOINT, runio.EVENTS)
+RUN_FILES = (runio.CONFIG, runio.METRICS, runio.CHECKPOINT, runio.EVENTS, DIVERGED)
 #: how deep below a given folder run folders are looked for
 MAX_DEPTH = 4
 
@@ -40,6 +43,8 @@ class RunRecord:
     method_metrics: dict[str, Any] = field(default_factory=dict)
     #: wall seconds per task from ``timings.json`` (None when the file is absent)
     seconds_per_task: list[float] | None = None
+    #: the content of ``diverged.json`` when training diverged (then the matrices are empty)
+    diverged: dict[str, Any] | None = None
 
     @property
     def benchmark(self) -> str:
@@ -158,6 +163,12 @@ def load_run(run: Path) -> RunRecord:
     unfinished or unreadable."""
     try:
         config = _read_config(run)
+        if (run / DIVERGED).is_file():
+            record = _read_json(run / DIVERGED)
+            if not isinstance(record, dict):
+                raise _Unusable(f"{DIVERGED} does not hold a mapping")
+            empty = AccuracyMatrix(0)
+            return RunRecord(run, config, empty, AccuracyMatrix(0), diverged=record)
         mfile = run / runio.METRICS
         if not mfile.is_file():
             raise _Unusable(f"unfinished: no task done yet (no {runio.METRICS})")

@@ -2,6 +2,7 @@
 
 Runs belong to one group when their resolved configs are equal except for the keys in
 :data:`NOT_SETTINGS` (the seed, and how the run was executed rather than what it computes).
+Diverged runs form groups of their own (:attr:`Group.diverged`), which have no metrics.
 Groups of the same benchmark (name and ``benchmark_args``) form one :class:`Table`. A group's
 label is its method name plus the settings that tell it apart from the other groups of its
 table (``ewc (lamb=100)``); the settings all groups share are the table's ``common``.
@@ -80,6 +81,8 @@ class Group:
     settings: dict[str, Any]  # flattened config without NOT_SETTINGS
     runs: list[RunRecord]
     label: str = ""
+    #: the runs' training diverged: no metrics (every stat None), never ranked
+    diverged: bool = False
 
     @property
     def seeds(self) -> list[Any]:
@@ -90,6 +93,8 @@ class Group:
         return self.runs[0].task_aware.n_tasks
 
     def stat(self, fn: Callable[[RunRecord], float | None]) -> Stat | None:
+        if self.diverged:
+            return None
         return Stat.of([fn(r) for r in self.runs])
 
     def metric(self, setting: str, name: str) -> Stat | None:
@@ -183,9 +188,10 @@ def build_tables(runs: list[RunRecord]) -> list[Table]:
         settings = {
             k: v for k, v in flatten(run.config).items() if k.split(".")[0] not in NOT_SETTINGS
         }
-        key = (run.benchmark, run.method, _canon(settings))
+        diverged = run.diverged is not None
+        key = (run.benchmark, run.method, _canon(settings) + ("/diverged" if diverged else ""))
         if key not in groups:
-            groups[key] = Group(run.benchmark, run.method, settings, [])
+            groups[key] = Group(run.benchmark, run.method, settings, [], diverged=diverged)
         groups[key].runs.append(run)
 
     by_bench: dict[str, list[Group]] = {}
