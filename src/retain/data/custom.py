@@ -33,9 +33,10 @@ def _check_pair(x: Tensor, y: Tensor, where: str) -> None:
 def _check_finite(x: Tensor, what: str) -> None:
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         bad = (~torch.isfinite(x)).reshape(len(x), -1).any(1)
+        k = int(bad.sum())
         raise DataError(
-            f"{what} hold NaN or infinite values ({int(bad.sum())} samples, the first is "
-            f"sample {int(bad.nonzero()[0])}); clean or drop them"
+            f"{what} hold NaN or infinite values ({k} sample{'s' if k != 1 else ''}, the first "
+            f"is sample {int(bad.nonzero()[0])}); clean or drop them"
         )
 
 
