@@ -166,7 +166,7 @@ def _roundtrip(obj: Any) -> Any:
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
-    return torch.load(buf, weights_only=False)
+    return torch.load(buf, weights_only=True)
 
 
 @pytest.mark.parametrize("name", METHODS)
