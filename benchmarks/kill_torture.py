@@ -6,9 +6,11 @@ one process at a time:
 
 1. run ``retain run --config CFG --out ref/METHOD`` uninterrupted and time it (T seconds);
 2. run it again in ``killed/METHOD`` and send a random signal (SIGKILL, SIGTERM or SIGINT)
-   at a random time in [0, 1.1 T]; continue with ``retain run --resume killed/METHOD`` (or the
-   first command again if the kill came before anything was written), which may be killed
-   again, ``--kills-per-method`` times in all, then resume once more without a kill;
+   at a random time: a quarter of the signals in [0, T], the others in training, after the S
+   seconds the reference run took to write its config.yaml (in S + [0, 0.95 (T - S)]); a run
+   that ends before its signal counts as a miss. Continue with ``retain run --resume
+   killed/METHOD`` (or the first command again if the kill came before anything was written),
+   which may be killed again, ``--kills-per-method`` signals in all, then without a signal;
 3. compare ``metrics.json`` byte for byte with the uninterrupted run.
 
 It counts the kills, resumes, identical and different results, stuck folders (a command
@@ -75,7 +77,7 @@ def launch(cmd: list[str]) -> subprocess.Popen:
 class Tally:
     def __init__(self) -> None:
         self.kills = {name: 0 for name in SIGNALS}
-        self.resumes = self.restarts = self.tracebacks = 0
+        self.resumes = self.restarts = self.tracebacks = self.missed = 0
         self.stuck: list[str] = []
         self.errors: list[str] = []
 
@@ -95,33 +97,40 @@ def torture(method: str, out: Path, kills: int, rng: random.Random, tally: Tally
         shutil.rmtree(d, ignore_errors=True)
     start = [*CLI, "--config", str(cfg_file), "--out", str(run)]
     t0 = time.perf_counter()
-    p = subprocess.run(
-        [*CLI, "--config", str(cfg_file), "--out", str(ref)], capture_output=True, text=True
-    )
+    p = launch([*CLI, "--config", str(cfg_file), "--out", str(ref)])
+    while p.poll() is None and not (ref / "config.yaml").exists():
+        time.sleep(0.01)
+    setup = time.perf_counter() - t0  # start-up: imports, data, model, until config.yaml
+    _, err = p.communicate()
     took = time.perf_counter() - t0
-    tally.look(method, p.stderr)
+    tally.look(method, err)
     if p.returncode != 0:
-        tally.errors.append(f"{method}: reference run failed: {p.stderr.strip()[-300:]}")
+        tally.errors.append(f"{method}: reference run failed: {err.strip()[-300:]}")
         return "FAILED"
-    left, finished = kills, False
+    left, finished, first = kills, False, True
     while not finished:
         if not (run / "config.yaml").is_file():
             cmd = start  # killed before anything was written: the same command again
-            if run.exists():
-                tally.restarts += 1
+            tally.restarts += not first
         else:
             cmd = [*CLI, "--resume", str(run)]
             tally.resumes += 1
-        proc, killed = launch(cmd), None
+        proc, killed, first = launch(cmd), None, False
         if left > 0:
             name = rng.choice(sorted(SIGNALS))
+            # a quarter of the kills anywhere, the others in training (after the start-up)
+            at = rng.uniform(0, took)
+            if rng.random() < 0.75:
+                at = setup + rng.uniform(0, 0.95 * (took - setup))
             try:
-                proc.wait(timeout=rng.uniform(0, 1.1 * took))
+                proc.wait(timeout=at)
             except subprocess.TimeoutExpired:
                 proc.send_signal(SIGNALS[name])
                 tally.kills[name] += 1
                 killed = name
-                left -= 1
+            else:
+                tally.missed += 1
+            left -= 1
         _, err = proc.communicate()
         tally.look(method, err)
         if proc.returncode == 0:
@@ -162,8 +171,9 @@ def main() -> int:
         ("methods", len(methods)),
         ("kills", sum(tally.kills.values())),
         *((f"  {name}", n) for name, n in tally.kills.items()),
+        ("missed (the run ended before its signal)", tally.missed),
         ("resumes (`retain run --resume DIR`)", tally.resumes),
-        ("restarts (killed before config.yaml)", tally.restarts),
+        ("first command again (killed before config.yaml)", tally.restarts),
         ("identical metrics.json", values.count("identical")),
         ("different", values.count("DIFFERENT")),
         ("stuck", len(tally.stuck)),

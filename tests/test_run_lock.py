@@ -178,7 +178,7 @@ def test_interrupt_before_any_checkpoint_says_so(tmp_path, capsys, monkeypatch, 
     assert main([*RUN, "--out", str(out)]) == 143
     line = _one_line(capsys)
     assert line.startswith("retain: interrupted (SIGTERM) in task 1/5;")
-    assert f"{out} holds no checkpoint yet (all its training so far is lost)" in line
+    assert f"{out} holds no checkpoint yet: all its training so far is lost" in line
     assert line.endswith(f"continue with: retain run --resume {out}")
     assert not (out / runio.CHECKPOINT).exists()
     monkeypatch.undo()

@@ -3,7 +3,10 @@
 Every user error (names, config keys and values, files, data) ends in one line on stderr and
 exit code 2; nothing already in a run folder is overwritten or lost. A run whose training
 diverged (a non-finite loss or weights) ends in one line naming the task, epoch and step, exit
-code 3, and its folder marked with ``diverged.json``.
+code 3, and its folder marked with ``diverged.json``. Ctrl-C and SIGTERM stop a command with
+exit code 130 and 143; ``retain run`` then says in one line what its checkpoint holds, what is
+lost, and the ``retain run --resume DIR`` that continues it. One process writes a run folder
+(its lock, beside it); a second is refused in one line.
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ def _catch_sigterm():
     except (ValueError, AttributeError):  # not the main thread, or no SIGTERM here
         return lambda: None
     return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_signals() -> None:
+    """Ignore SIGINT and SIGTERM from here on: the command has done its work and returns its
+    exit code; a signal while the interpreter shuts down (torch's finalizers take a moment)
+    would otherwise turn a finished command into a killed one, or a traceback."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError, AttributeError, OSError):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _interrupt_code(e: BaseException) -> int:
@@ -205,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"retain: interrupted ({_signal_name(e)}); {again}", file=sys.stderr)
         return _interrupt_code(e)
     finally:
-        restore()
+        if argv is None:  # the command line: a signal while Python exits changes nothing now
+            _ignore_signals()
+        else:
+            restore()
 
 
 def _launched_by_torchrun() -> bool:
@@ -319,26 +336,27 @@ def _interrupt_message(e: BaseException, run_dir: Path, config) -> str:
     ck = None if progress is None else progress.checkpoint
     every = getattr(config, "checkpoint_every", 0)
     hint = "" if every else " (--set checkpoint_every=N also checkpoints every N epochs)"
+    start = "it will start again from the beginning"
     if progress is None:  # stopped before training began (building, loading the data)
         held = (
             f"{run_dir / runio.CHECKPOINT} is unchanged"
             if (run_dir / runio.CHECKPOINT).is_file()
-            else f"{run_dir} holds no checkpoint yet; the run will start from the beginning"
+            else f"{run_dir} holds no checkpoint yet: {start}"
         )
     elif ck is None:
-        lost = "nothing is lost" if task is None else "all its training so far is lost"
-        held = f"{run_dir} holds no checkpoint yet ({lost}); the run will start from the beginning"
-        held += hint if task is not None else ""
+        lost = "" if task is None else f"all its training so far is lost{hint} and "
+        held = f"{run_dir} holds no checkpoint yet: {lost}{start}"
     else:
         done = ck["task"] + 1 if ck["task_done"] else ck["task"]
         saved = f"{done} task{'s' if done != 1 else ''} done"
         if not ck["task_done"]:
-            saved += f" and {ck.get('epoch', 0)} epochs of task {ck['task'] + 1}"
+            e = ck.get("epoch", 0)
+            saved += f" and {e} epoch{'s' if e != 1 else ''} of task {ck['task'] + 1}"
         if task is None or (ck["task_done"] and ck["task"] >= task):
             lost = "nothing is lost"
         else:
             lost = f"the training of task {task + 1} since then is lost{hint}"
-        held = f"{run_dir / runio.CHECKPOINT} holds {saved} ({lost})"
+        held = f"{run_dir / runio.CHECKPOINT} holds {saved}: {lost}"
     resume = f"retain run --resume {shlex.quote(str(run_dir))}"
     return f"{head} {where}; {held}; continue with: {resume}"
 
