@@ -178,11 +178,19 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from retain.engine.runio import RunFileError
-    from retain.engine.trainer import DIVERGED, Diverged
-
     args = _parser().parse_args(argv)
     restore = _catch_sigterm()
+    try:  # torch loads here (seconds): an interrupt now is a line too, not a traceback
+        from retain.engine.runio import RunFileError
+        from retain.engine.trainer import DIVERGED, Diverged
+    except KeyboardInterrupt as e:
+        sig = _signal_name(e)
+        print(f"retain: interrupted ({sig}); run the same command again", file=sys.stderr)
+        if argv is None:
+            _ignore_signals()
+        else:
+            restore()
+        return _interrupt_code(e)
     try:
         torchrun = _launched_by_torchrun()
         if args.command == "list":
