@@ -191,9 +191,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 #: the run seeds torch's generators take (numpy's is seeded with the seed modulo 2**32)
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
 
-#: the run seeds torch's generators take (numpy's is seeded with the seed modulo 2**32)
-SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1
-
 #: one layer of config keys and the source named in its error messages ("--set", "grid", ...)
 Layer = tuple[str, Mapping[str, Any]]
 
