@@ -6,11 +6,12 @@ one process at a time:
 
 1. run ``retain run --config CFG --out ref/METHOD`` uninterrupted and time it (T seconds);
 2. run it again in ``killed/METHOD`` and send a random signal (SIGKILL, SIGTERM or SIGINT)
-   at a random time: a quarter of the signals in [0, T], the others in training, after the S
-   seconds the reference run took to write its config.yaml (in S + [0, 0.95 (T - S)]); a run
-   that ends before its signal counts as a miss. Continue with ``retain run --resume
-   killed/METHOD`` (or the first command again if the kill came before anything was written),
-   which may be killed again, ``--kills-per-method`` signals in all, then without a signal;
+   at a random time: a quarter of the signals in [0, T], the others in training, between the
+   S seconds the reference run took to write its config.yaml and the E seconds at which its
+   metrics.json held every task. A run that ends before its signal is a miss; a signal while
+   a finished run exits is ignored (exit 0; counted apart). Continue with ``retain run
+   --resume killed/METHOD`` (or the first command again if the kill came before anything was
+   written), which may be killed again, ``--kills-per-method`` signals in all, then without;
 3. compare ``metrics.json`` byte for byte with the uninterrupted run.
 
 It counts the kills, resumes, identical and different results, stuck folders (a command
@@ -68,6 +69,14 @@ def _child() -> None:  # a background shell may start us with SIGINT ignored
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def _finished(run: Path) -> bool:
+    try:
+        m = json.loads((run / "metrics.json").read_text())["task_aware"]
+        return len(m["rows"]) == m["n_tasks"]
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 def launch(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_child
@@ -77,7 +86,7 @@ def launch(cmd: list[str]) -> subprocess.Popen:
 class Tally:
     def __init__(self) -> None:
         self.kills = {name: 0 for name in SIGNALS}
-        self.resumes = self.restarts = self.tracebacks = self.missed = 0
+        self.resumes = self.restarts = self.tracebacks = self.missed = self.at_exit = 0
         self.stuck: list[str] = []
         self.errors: list[str] = []
 
@@ -101,6 +110,9 @@ def torture(method: str, out: Path, kills: int, rng: random.Random, tally: Tally
     while p.poll() is None and not (ref / "config.yaml").exists():
         time.sleep(0.01)
     setup = time.perf_counter() - t0  # start-up: imports, data, model, until config.yaml
+    while p.poll() is None and not _finished(ref):
+        time.sleep(0.01)
+    trained = time.perf_counter() - t0  # then the exit (torch's finalizers) until T
     _, err = p.communicate()
     took = time.perf_counter() - t0
     tally.look(method, err)
@@ -121,7 +133,7 @@ def torture(method: str, out: Path, kills: int, rng: random.Random, tally: Tally
             # a quarter of the kills anywhere, the others in training (after the start-up)
             at = rng.uniform(0, took)
             if rng.random() < 0.75:
-                at = setup + rng.uniform(0, 0.95 * (took - setup))
+                at = setup + rng.uniform(0, trained - setup)
             try:
                 proc.wait(timeout=at)
             except subprocess.TimeoutExpired:
@@ -135,6 +147,7 @@ def torture(method: str, out: Path, kills: int, rng: random.Random, tally: Tally
         tally.look(method, err)
         if proc.returncode == 0:
             finished = True
+            tally.at_exit += killed is not None
         elif killed is not None and proc.returncode != STOPPED[killed]:
             tally.errors.append(f"{method}: {killed} gave exit code {proc.returncode}")
         elif killed is None:  # not killed, and it did not finish: the folder is stuck
@@ -171,6 +184,7 @@ def main() -> int:
         ("methods", len(methods)),
         ("kills", sum(tally.kills.values())),
         *((f"  {name}", n) for name, n in tally.kills.items()),
+        ("  of which while a finished run exited (ignored, exit 0)", tally.at_exit),
         ("missed (the run ended before its signal)", tally.missed),
         ("resumes (`retain run --resume DIR`)", tally.resumes),
         ("first command again (killed before config.yaml)", tally.restarts),
