@@ -5,13 +5,14 @@ For every registered method (tiny settings: split-digits, 2 epochs per task, a 3
 one process at a time:
 
 1. run ``retain run --config CFG --out ref/METHOD`` uninterrupted and time it (T seconds);
-2. run it again in ``killed/METHOD`` and send a random signal (SIGKILL, SIGTERM or SIGINT)
-   at a random time: a quarter of the signals in [0, T], the others in training, between the
-   S seconds the reference run took to write its config.yaml and the E seconds at which its
-   metrics.json held every task. A run that ends before its signal is a miss; a signal while
-   a finished run exits is ignored (exit 0; counted apart). Continue with ``retain run
-   --resume killed/METHOD`` (or the first command again if the kill came before anything was
-   written), which may be killed again, ``--kills-per-method`` signals in all, then without;
+2. run it again in ``killed/METHOD`` and send a random signal (SIGKILL, SIGTERM or SIGINT):
+   a quarter of the signals at a random time in [0, T], the others in training, 0-20 ms after
+   a random epoch ends (its line in events.jsonl; between the reference run's config.yaml and
+   its complete metrics.json where a method logs no epochs). A run that ends before its signal
+   is a miss; a signal while a finished run exits is ignored (exit 0; counted apart). Continue
+   with ``retain run --resume killed/METHOD`` (or the first command again if the kill came
+   before anything was written), which may be killed again, ``--kills-per-method`` signals in
+   all, then without;
 3. compare ``metrics.json`` byte for byte with the uninterrupted run.
 
 It counts the kills, resumes, identical and different results, stuck folders (a command
@@ -77,6 +78,23 @@ def _finished(run: Path) -> bool:
         return False
 
 
+def _lines(run: Path) -> int:
+    try:
+        return len((run / "events.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def _wait_for_epoch(proc: subprocess.Popen, run: Path, n: int, rng: random.Random) -> None:
+    """Return 0-20 ms after ``run``'s events.jsonl holds ``n`` lines; raise TimeoutExpired
+    then (the signal is due), or return if the process ends first (a miss)."""
+    while proc.poll() is None:
+        if _lines(run) >= n:
+            time.sleep(rng.uniform(0, 0.02))
+            raise subprocess.TimeoutExpired(proc.args, 0)
+        time.sleep(0.002)
+
+
 def launch(cmd: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_child
@@ -119,6 +137,7 @@ def torture(method: str, out: Path, kills: int, rng: random.Random, tally: Tally
     if p.returncode != 0:
         tally.errors.append(f"{method}: reference run failed: {err.strip()[-300:]}")
         return "FAILED"
+    epochs = _lines(ref)
     left, finished, first = kills, False, True
     while not finished:
         if not (run / "config.yaml").is_file():
@@ -130,12 +149,17 @@ def torture(method: str, out: Path, kills: int, rng: random.Random, tally: Tally
         proc, killed, first = launch(cmd), None, False
         if left > 0:
             name = rng.choice(sorted(SIGNALS))
-            # a quarter of the kills anywhere, the others in training (after the start-up)
-            at = rng.uniform(0, took)
-            if rng.random() < 0.75:
+            # a quarter of the kills anywhere in time, the others in training: just after the
+            # epoch ``target`` (a line of events.jsonl) ends, or between S and E if it has none
+            at, target = rng.uniform(0, took), rng.randint(1, max(epochs, 1))
+            in_training = rng.random() < 0.75
+            if in_training:
                 at = setup + rng.uniform(0, trained - setup)
             try:
-                proc.wait(timeout=at)
+                if in_training and epochs:
+                    _wait_for_epoch(proc, run, max(target, _lines(run) + 1), rng)
+                else:
+                    proc.wait(timeout=at)
             except subprocess.TimeoutExpired:
                 proc.send_signal(SIGNALS[name])
                 tally.kills[name] += 1
@@ -184,7 +208,7 @@ def main() -> int:
         ("methods", len(methods)),
         ("kills", sum(tally.kills.values())),
         *((f"  {name}", n) for name, n in tally.kills.items()),
-        ("  of which while a finished run exited (ignored, exit 0)", tally.at_exit),
+        ("signals while a finished run exited (ignored, exit 0)", tally.at_exit),
         ("missed (the run ended before its signal)", tally.missed),
         ("resumes (`retain run --resume DIR`)", tally.resumes),
         ("first command again (killed before config.yaml)", tally.restarts),
