@@ -95,6 +95,7 @@ def _kill_mid_task(run_dir: Path) -> None:
 
 def _one(job: tuple[str, dict, str]) -> tuple[str, str]:
     name, cfg, out = job
+    from retain.engine import Diverged
     from retain.experiment import apply, resolve
     from retain.trials import execute
 
@@ -119,6 +120,8 @@ def _one(job: tuple[str, dict, str]) -> tuple[str, str]:
             execute(config, run_dir, resume=True, progress=False)
         else:
             execute(config, run_dir, resume=False, progress=False)
+    except Diverged as e:  # an outcome to compare like metrics (EWC class-incremental does)
+        return name, f"diverged at task {e.task}, epoch {e.epoch}, step {e.step}"
     except Exception as e:  # recorded, the set goes on
         return name, f"error: {type(e).__name__}: {e}"
     return name, "ok"
@@ -146,6 +149,12 @@ def main() -> int:
     for name, _, _ in jobs:
         status = results[name]
         line = f"{name}: {status}"
+        if args.check and status.startswith("diverged"):
+            same = recorded.get(name) == status
+            line += ", identical" if same else f", DIFFERENT (recorded: {recorded.get(name)})"
+            bad += not same
+            print(line)
+            continue
         if args.check and status == "ok":
             b = Path(args.out) / name / "metrics.json"
             if name not in recorded:
@@ -174,6 +183,7 @@ def main() -> int:
             for name, _, _ in jobs
             if results[name] == "ok"
         }
+        texts.update({n: r for n, r in results.items() if r.startswith("diverged")})
         Path(args.save).write_text(json.dumps(texts, indent=0, sort_keys=True) + "\n")
     return 1 if bad else 0
 
