@@ -18,16 +18,8 @@ import torch
 from retain.cli import main
 from retain.engine import fit, runio
 from retain.methods import REGISTRY
+from tests.test_cli import FAST, _error_line
 from tests.test_contract import _bench, _fit_args, _kill_after, _method, _model
-
-FAST = ["--benchmark", "split-digits", "--set", "batch_size=32", "--quiet"]
-
-
-def _error_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err
-    assert err.count("\n") == 0, err
-    return err
 
 
 @pytest.fixture(scope="module")

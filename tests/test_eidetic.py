@@ -143,7 +143,7 @@ class Scripted(Eidetic):
         self.accs = list(accs)
         self.after_prune = []  # (n_pruned, weights) when each iteration's recovery ends
 
-    def _epoch(self, trainer, task, forward, batches, optimizer, n_classes, bar=None):
+    def _epoch(self, trainer, task, forward, batches, optimizer, n_classes, bar=None, epoch=0):
         with torch.no_grad():
             for p in self.model.backbone.parameters():
                 p.add_(0.01)

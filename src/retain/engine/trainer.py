@@ -233,8 +233,6 @@ class Trainer:
         self.progress = progress
         self._checkpoint_fn = checkpoint_fn
         self._resume: dict[str, Any] | None = None
-        #: epochs run per task id (the epoch named by :class:`Diverged`)
-        self._epochs: dict[int | None, int] = {}
         from retain.data.augment import make_augment
         from retain.engine.device import grad_scaler, resolve_device
 
@@ -290,8 +288,10 @@ class Trainer:
         batches: Iterable[Batch] | None = None,
         forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
         metric: Callable[[torch.Tensor, Batch], None] | None = None,
+        epoch: int = 0,
     ) -> float:
-        """One epoch of SGD steps; returns the mean training loss.
+        """One epoch of SGD steps; returns the mean training loss. ``epoch`` (its number in
+        the task or phase) only names where a divergence happened.
 
         By default the batches are ``method.batches(task, ...)`` and the loss is
         ``method.loss(batch, task)``. A phase of a method's own procedure may pass other
@@ -366,8 +366,6 @@ class Trainer:
             sums = distributed.sum_over_processes(torch.stack([total, total.new_tensor(count)]))
             total, count = sums[0], int(sums[1])
         task_id = None if task is None else task.id
-        epoch = self._epochs.get(task_id, 0)
-        self._epochs[task_id] = epoch + 1
         mean = float(total) / max(count, 1)
         if not math.isfinite(mean):
             raise Diverged(task_id, epoch, int(finite_steps))
@@ -403,8 +401,7 @@ class Trainer:
         for epoch in range(start, epochs):
             t0 = time.perf_counter()
             self.method.before_epoch(task, epoch)
-            self._epochs[task.id] = epoch
-            loss = self.run_epoch(task, optimizer, bar)
+            loss = self.run_epoch(task, optimizer, bar, epoch=epoch)
             if scheduler is not None:
                 scheduler.step()
             bar.set_postfix(loss=f"{loss:.4f}")

@@ -360,6 +360,7 @@ class Eidetic(Method):
         optimizer: torch.optim.Optimizer,
         n_classes: int,
         bar: Any = None,
+        epoch: int = 0,
     ) -> tuple[float, float]:
         """One epoch of ``Trainer.run_epoch`` with cross-entropy on ``forward``; returns (mean
         loss, training accuracy over the epoch, macro or micro)."""
@@ -377,7 +378,7 @@ class Eidetic(Method):
             correct.add_(torch.bincount(y[hit], minlength=n_classes))
 
         loss = trainer.run_epoch(
-            task, optimizer, bar, batches=batches, forward=forward, metric=count
+            task, optimizer, bar, batches=batches, forward=forward, metric=count, epoch=epoch
         )
         n = int(total.sum())
         if self.macro_accuracy:
@@ -412,7 +413,9 @@ class Eidetic(Method):
             nonlocal epoch
             t0 = time.perf_counter()
             data = None if batches is None else batches()
-            loss, acc = self._epoch(trainer, task, forward, data, optimizer, n_classes, bar)
+            loss, acc = self._epoch(
+                trainer, task, forward, data, optimizer, n_classes, bar, epoch=epoch
+            )
             if log is not None:
                 log(
                     {
