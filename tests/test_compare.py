@@ -145,4 +145,4 @@ def test_workers_without_ray_say_how_to_get_it(tmp_path, capsys, monkeypatch):
     argv = ["compare", *FAST, "--methods", "finetune", "--out", str(out), "--workers", "2"]
     assert main(argv) == 2
     err = _error_line(capsys)
-    assert "pip install 'retain[sweep]'" in err and "--workers 1" in err
+    assert "pip install 'retain-cl[sweep]'" in err and "--workers 1" in err

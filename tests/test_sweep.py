@@ -92,7 +92,7 @@ def test_without_ray_the_sweep_says_how_to_get_it(tmp_path, capsys, monkeypatch)
     spec.write_text(yaml.safe_dump({"benchmarks": ["split-digits"], "methods": ["finetune"]}))
     assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2  # default: Ray
     err = capsys.readouterr().err
-    assert "pip install 'retain[sweep]'" in err and "--workers 1" in err
+    assert "pip install 'retain-cl[sweep]'" in err and "--workers 1" in err
     with pytest.raises(ExecutorError, match="pip install"):
         _ray_import_fails(monkeypatch)
 

@@ -156,4 +156,4 @@ def test_without_optuna_a_search_says_how_to_get_it(tmp_path, capsys, monkeypatc
     monkeypatch.setattr(builtins, "__import__", no_optuna)
     spec = _write(tmp_path, SPEC)
     assert main(["sweep", str(spec), "--workers", "1", "--out", str(tmp_path / "o")]) == 2
-    assert "pip install 'retain[sweep]'" in capsys.readouterr().err
+    assert "pip install 'retain-cl[sweep]'" in capsys.readouterr().err

@@ -139,7 +139,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a sweep file (methods x benchmarks x seeds x hyperparameters), on Ray",
         description="Run every trial of a sweep file (see `retain.sweep`), each an ordinary "
         "run folder; run again to skip finished trials and resume interrupted ones. Trials run "
-        "on an embedded local Ray (pip install 'retain[sweep]'), on a Ray cluster with "
+        "on an embedded local Ray (pip install 'retain-cl[sweep]'), on a Ray cluster with "
         "--address, or one after another here with --workers 1.",
     )
     swp.add_argument("file", metavar="SWEEP.yaml", help="the sweep file")

@@ -5,7 +5,7 @@ and a :class:`RayExecutor` otherwise: an embedded local Ray with ``workers`` CPU
 cluster at ``address``. Both are context managers (Ray is started on enter and stopped on exit
 when the executor started it) with ``run(trials, on_result)``, which reports every
 :class:`~retain.trials.TrialResult` as it arrives. Ray is optional: ``pip install
-'retain[sweep]'``.
+'retain-cl[sweep]'``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 from retain.trials import Trial, TrialResult, run_trial
 
 RAY_HINT = (
-    "Ray is not installed: `pip install 'retain[sweep]'` (or 'ray[default]') to run trials in "
+    "Ray is not installed: `pip install 'retain-cl[sweep]'` (or 'ray[default]') to run trials in "
     "parallel or on a cluster, or use --workers 1 to run them one after another here"
 )
 Reporter = Callable[[TrialResult], None]

@@ -38,7 +38,9 @@ SAMPLERS = ("tpe", "random")
 SETTINGS = ("task_aware", "task_agnostic")
 METRICS = ("acc", "bwt", "fwt", "forgetting")
 SEARCH_KEYS = ("sampler", "trials", "seed", "metric", "direction", "space")
-OPTUNA_HINT = "a search needs Optuna: `pip install 'retain[sweep]'` (or 'optuna'); a grid does not"
+OPTUNA_HINT = (
+    "a search needs Optuna: `pip install 'retain-cl[sweep]'` (or 'optuna'); a grid does not"
+)
 
 
 class SearchError(ValueError):

@@ -17,7 +17,7 @@ see :mod:`retain.search`), and a method or benchmark may add its own ``space``.
 Trials are named and found again by :func:`retain.trials.trial_name`, so running the same
 sweep again skips the finished trials and resumes the interrupted ones. They run one after
 another in this process or as Ray tasks (:mod:`retain.executors`: an embedded local Ray by
-default, a cluster when given its address; ``pip install 'retain[sweep]'``). A
+default, a cluster when given its address; ``pip install 'retain-cl[sweep]'``). A
 failed trial is recorded and reported; the others go on. At the end ``trials.json`` holds
 every trial's history (what each invocation did with it), and ``report/`` the report of the
 sweep's trials (:mod:`retain.report`).

@@ -233,7 +233,7 @@ def superclass_groups(fine: torch.Tensor, coarse: torch.Tensor) -> list[list[int
 def load_svhn(root: PathLike | None = None, download: bool = False) -> RawData:
     """SVHN cropped digits (73,257 / 26,032, uint8 ``(N, 3, 32, 32)``) from
     ``train_32x32.mat`` and ``test_32x32.mat`` in ``ROOT/svhn`` or ``ROOT``; the files' label 10
-    (digit 0) becomes 0. Needs scipy (``pip install 'retain[data]'``).
+    (digit 0) becomes 0. Needs scipy (``pip install 'retain-cl[data]'``).
 
     Raises:
         DataError: scipy missing, files missing (where expected, where to get them), a file that
@@ -255,7 +255,7 @@ def _svhn_cached(files: tuple[tuple[str, int, int], ...]) -> RawData:
     try:
         from scipy.io import loadmat
     except ImportError:
-        raise DataError("SVHN's .mat files need scipy: pip install 'retain[data]'") from None
+        raise DataError("SVHN's .mat files need scipy: pip install 'retain-cl[data]'") from None
     out = []
     for name, _, _ in files:
         try:
