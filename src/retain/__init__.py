@@ -8,6 +8,12 @@ A whole run (README.md shows the command line)::
     model = retain.build_model("mlp", bench.input_shape, bench.classes_per_task)
     result = retain.fit(model, bench, retain.make_method("finetune"), epochs=2, lr=0.01)
     print(result.task_agnostic.summary())
+
+``fit`` also takes a plain ``nn.Module`` of one's own (``retain.ContinualModel.wrap``: the
+module is the backbone, per-task heads are added). A loop of one's own drives a method's hooks
+after ``method.setup(model, bench)`` (the benchmark, or a ``retain.BenchmarkInfo``: the sizes a
+method may know before it starts); methods with ``method.own_procedure`` (Eidetic, PackNet,
+Joint) train a task by ``method.train_task(task, retain.Trainer.standalone(...))``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ _LAZY = {
     "ContinualModel": "retain.models",
     "make_method": "retain.methods",
     "Method": "retain.methods",
+    "BenchmarkInfo": "retain.methods",
+    "Trainer": "retain.engine",
     "AccuracyMatrix": "retain.metrics",
 }
 

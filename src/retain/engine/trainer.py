@@ -41,6 +41,7 @@ from retain.engine import distributed, runio
 from retain.engine.device import autocast, move_benchmark, resolve_device, to_device
 from retain.methods.base import Batch, BenchmarkInfo, Method
 from retain.metrics import AccuracyMatrix
+from retain.models.continual import ContinualModel
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -242,16 +243,40 @@ class Trainer:
 
     @classmethod
     def standalone(
-        cls, model: nn.Module, method: Method, generator: torch.Generator | None = None
+        cls,
+        model: nn.Module,
+        method: Method,
+        generator: torch.Generator | None = None,
+        *,
+        benchmark: Benchmark | None = None,
+        config: TrainConfig | None = None,
+        **overrides: Any,
     ) -> Trainer:
-        """A trainer outside :func:`fit` (no benchmark, no run folder, fp32 on the model's
-        device), for a method's own API driven with a user's optimiser (``Eidetic.fit_task``)."""
+        """A trainer outside :func:`fit` (no run folder, no checkpoints, on the model's
+        device): for a loop of one's own that runs a method with a procedure of its own
+        (``method.own_procedure``: Eidetic, PackNet, Joint) by
+        ``method.train_task(task, trainer)``, and for a method's own API driven with a user's
+        optimiser (``Eidetic.fit_task``).
+
+        Args:
+            model: the model ``method`` was set up with.
+            method: the method whose hooks the trainer's epochs drive.
+            generator: draws the batches (default: seeded with 0).
+            benchmark: the task sequence (Joint trains on its tasks so far, Eidetic's router
+                on all of them); ``None`` for ``Eidetic.fit_task``.
+            config: the optimiser and epochs of ``train_task`` (``fit``'s
+                :class:`TrainConfig`); keyword ``overrides`` replace single fields
+                (``epochs=2, lr=0.01, batch_size=64``). ``device`` is the model's.
+        """
         device = next(model.parameters()).device
+        fields = {**asdict(config or TrainConfig()), **overrides, "device": str(device)}
+        settings = TrainConfig(**fields)
+        settings.validate()
         return cls(
             model,
             method,
-            None,  # type: ignore[arg-type]
-            TrainConfig(device=str(device)),
+            benchmark,  # type: ignore[arg-type]
+            settings,
             generator if generator is not None else torch.Generator().manual_seed(0),
             runio.EventLog(None),
             progress=False,
@@ -520,7 +545,11 @@ def fit(
     after every task.
 
     Args:
-        model: a :class:`~retain.models.ContinualModel` (or any module with its interface).
+        model: a :class:`~retain.models.ContinualModel` (or any module with its interface),
+            or a plain ``nn.Module`` of one's own, wrapped by
+            :meth:`~retain.models.ContinualModel.wrap`: the whole module is the backbone,
+            its feature size is found by one forward pass and per-task heads are added
+            (trained in place: ``method.model.backbone`` is the module given).
         benchmark: the task sequence.
         method: a :class:`~retain.methods.Method`; ``method.setup`` is called here.
         config: training settings; keyword ``overrides`` replace single fields
@@ -551,6 +580,7 @@ def fit(
             f"benchmark {benchmark.name!r} is a single-pass stream: epochs must be 1, "
             f"got {config.epochs}"
         )
+    model = ContinualModel.wrap(model, benchmark)  # a plain module: the backbone, plus heads
     run_path = Path(run_dir) if run_dir is not None else None
     info = BenchmarkInfo(
         benchmark.n_tasks, benchmark.classes_per_task, tuple(benchmark.input_shape)

@@ -51,6 +51,7 @@ is not "epochs of SGD" (Eidetic's prune-and-recover loop, PackNet's retraining) 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,28 @@ class BenchmarkInfo:
     classes_per_task: list[int]
     input_shape: tuple[int, ...]
 
+    @classmethod
+    def of(cls, benchmark: BenchmarkInfo | Benchmark | None) -> BenchmarkInfo | None:
+        """The info of a :class:`~retain.data.Benchmark` (itself for a ``BenchmarkInfo``;
+        ``None`` stays ``None``, for methods whose ``setup`` needs none)."""
+        from retain.data.benchmark import Benchmark
+
+        if benchmark is None or isinstance(benchmark, BenchmarkInfo):
+            return benchmark
+        if isinstance(benchmark, Benchmark):
+            return cls(
+                benchmark.n_tasks, list(benchmark.classes_per_task), tuple(benchmark.input_shape)
+            )
+        hint = (
+            " (bench.info is free-form facts; pass bench itself)"
+            if isinstance(benchmark, dict)
+            else ""
+        )
+        raise TypeError(
+            "method.setup(model, info) needs the Benchmark or a retain.BenchmarkInfo, got "
+            f"{type(benchmark).__name__}{hint}"
+        )
+
 
 class TaskTrainer(Protocol):
     """What :meth:`Method.train_task` may use of the engine (:class:`~retain.engine.Trainer`
@@ -126,6 +149,56 @@ class TaskTrainer(Protocol):
         forward: Callable[[Tensor], Tensor] | None = None,
         metric: Callable[[Tensor, Batch], None] | None = None,
     ) -> float: ...
+
+
+def _continual_model(model: Any) -> Any:
+    """``model`` if it has the interface of a :class:`~retain.models.ContinualModel`
+    (a backbone and task heads); a plain ``nn.Module`` is refused, naming how to wrap it."""
+    if isinstance(model, nn.Module) and not (
+        hasattr(model, "backbone") and hasattr(model, "heads")
+    ):
+        raise TypeError(
+            f"method.setup needs a retain.ContinualModel (a backbone plus task heads), got "
+            f"{type(model).__name__}; wrap it first: model = retain.ContinualModel.wrap(model, "
+            "bench) (retain.fit does this itself)"
+        )
+    return model
+
+
+def _checked_setup(setup: Callable[..., None]) -> Callable[..., None]:
+    """``setup`` that first checks the model and turns a Benchmark into its BenchmarkInfo
+    (applied to every override of :meth:`Method.setup` by ``Method.__init_subclass__``)."""
+    if getattr(setup, "_checked", False):
+        return setup
+
+    @functools.wraps(setup)
+    def checked(self: Method, model: Any, *args: Any, **kwargs: Any) -> None:
+        model = _continual_model(model)
+        if args:
+            args = (BenchmarkInfo.of(args[0]), *args[1:])
+        elif "info" in kwargs:
+            kwargs["info"] = BenchmarkInfo.of(kwargs["info"])
+        return setup(self, model, *args, **kwargs)
+
+    checked._checked = True  # type: ignore[attr-defined]
+    return checked
+
+
+def procedure(train_task: Callable[..., None]) -> Callable[..., None]:
+    """Decorator of a :meth:`Method.train_task` that is a procedure of its own (its class also
+    sets ``own_procedure = True``): while it runs, :meth:`Method.require_procedure` passes, so
+    the hooks it drives through the trainer work and the same hooks driven by a loop of one's
+    own refuse instead of silently training another method."""
+
+    @functools.wraps(train_task)
+    def run(self: Method, task: Task, trainer: TaskTrainer) -> None:
+        outer, self._in_procedure = self._in_procedure, True
+        try:
+            train_task(self, task, trainer)
+        finally:
+            self._in_procedure = outer
+
+    return run
 
 
 class Method:
@@ -156,6 +229,17 @@ class Method:
     #: that multiply its work (epochs, rounds), applied after every other config source
     smoke_caps: ClassVar[dict[str, float]] = {}
     smoke_floors: ClassVar[dict[str, float]] = {}
+    #: whether :meth:`train_task` is a procedure of its own (Eidetic, PackNet, Joint), not
+    #: epochs of SGD through the hooks: a loop of one's own must call ``train_task`` (with
+    #: ``retain.Trainer.standalone``); its ``train_task`` is decorated with :func:`procedure`
+    own_procedure: ClassVar[bool] = False
+    _in_procedure: bool = False  # set while a @procedure train_task runs
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "setup" in cls.__dict__:  # every override checks its model and info first
+            cls.setup = _checked_setup(cls.__dict__["setup"])  # type: ignore[method-assign]
+
 
     def __init__(self, loss_heads: str = "task") -> None:
         if loss_heads not in LOSS_HEADS:
@@ -168,10 +252,14 @@ class Method:
         self.current_task: int = -1
 
     # ------------------------------------------------------------------ lifecycle hooks
-    def setup(self, model: ContinualModel, info: BenchmarkInfo) -> None:
-        """Adapt the model once, before the first task (swap layers, add agents, ...)."""
-        self.model = model
-        self.info = info
+    def setup(self, model: ContinualModel, info: BenchmarkInfo | Benchmark) -> None:
+        """Adapt the model once, before the first task (swap layers, add agents, ...).
+
+        ``info`` may be the :class:`~retain.data.Benchmark` itself (its
+        :meth:`BenchmarkInfo.of` is used); a plain ``nn.Module`` as ``model`` is refused with
+        a ``TypeError`` naming :meth:`retain.ContinualModel.wrap`. Overrides get both checks."""
+        self.model = _continual_model(model)
+        self.info = BenchmarkInfo.of(info)
 
     def before_task(self, task: Task) -> None:
         self.current_task = task.id
@@ -212,6 +300,7 @@ class Method:
     def loss(self, batch: Batch, task: Task) -> Tensor:
         """Training loss of one batch; by default cross-entropy (see ``loss_heads``)."""
         assert self.model is not None
+        self.require_procedure()
         if self.loss_heads == "task" and batch.task is not None:
             # one task's samples: its own head only (same as masking the other heads' logits)
             return F.cross_entropy(self.model(batch.x, task_id=batch.task), batch.y)
@@ -245,8 +334,20 @@ class Method:
         ``batch`` to a replay buffer)."""
 
     def train_task(self, task: Task, trainer: TaskTrainer) -> None:
-        """Train one task. The default is the engine's epochs of SGD with the hooks above."""
+        """Train one task. The default is the engine's epochs of SGD with the hooks above.
+        An override that is a procedure of its own is decorated with :func:`procedure` and
+        its class sets ``own_procedure = True``."""
         trainer.train_epochs(task)
+
+    def require_procedure(self) -> None:
+        """Refuse (``RuntimeError``) a hook of a method with its own procedure that is driven
+        outside its :meth:`train_task` (by a loop of one's own); :meth:`loss` calls it."""
+        if self.own_procedure and not self._in_procedure:
+            raise RuntimeError(
+                f"method {self.name!r} trains a task with a procedure of its own, not with a "
+                "loop over its hooks: call method.train_task(task, trainer) with trainer = "
+                "retain.Trainer.standalone(model, method, generator, benchmark=bench, ...)"
+            )
 
     # ------------------------------------------------------------------ inference
     def forward_task(self, x: Tensor, task_id: int) -> Tensor:
@@ -260,10 +361,19 @@ class Method:
         """Logits. With ``task_id``: :meth:`forward_task` (task-aware). Without: the
         concatenated heads of tasks ``< upto`` (task-agnostic); ``upto`` defaults to the tasks
         seen so far. Without a shared forward, every task's own ``forward_task`` is
-        concatenated."""
+        concatenated.
+
+        Raises:
+            ValueError: no ``task_id`` for a method that is task-aware only
+                (``task_agnostic = False``: WSN, PackNet, HAT, SupSup)."""
         assert self.model is not None
         if task_id is not None:
             return self.forward_task(x, task_id)
+        if not self.task_agnostic:
+            raise ValueError(
+                f"method {self.name!r} predicts only with a task id (it is task-aware only): "
+                "call method.predict(x, task_id=t)"
+            )
         upto = self.current_task + 1 if upto is None else upto
         if not self.shared_forward:
             return torch.cat([self.forward_task(x, t) for t in range(upto)], dim=1)
@@ -278,6 +388,8 @@ class Method:
         if not self.shared_forward:
             aware = self.forward_task(x, task_id)
             return aware, (self.predict(x, upto=upto) if self.task_agnostic else None)
+        if not self.task_agnostic:
+            return self.forward_task(x, task_id), None
         logits = self.predict(x, upto=upto)
         if self.model.shared_head:
             return logits, logits

@@ -45,7 +45,14 @@ from retain.core.structured import (
 )
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
-from retain.methods.base import Batch, BenchmarkInfo, Method, TaskTrainer, register
+from retain.methods.base import (
+    Batch,
+    BenchmarkInfo,
+    Method,
+    TaskTrainer,
+    procedure,
+    register,
+)
 
 if TYPE_CHECKING:
     from retain.models.continual import ContinualModel
@@ -113,6 +120,7 @@ class Eidetic(Method):
     """
 
     name = "eidetic"
+    own_procedure = True  # train_task: see retain.methods.base.procedure
     task_agnostic = True
     #: ``--smoke``: one patience step and recovery epoch, big pruning steps (few rounds)
     smoke_caps: ClassVar[dict[str, float]] = {"patience": 1, "max_recovery_epochs": 1}
@@ -535,6 +543,7 @@ class Eidetic(Method):
         self.history = [h for h in self.history if h["phase"] != phase]
         self.history.append({"phase": phase, **summary})
 
+    @procedure
     def train_task(self, task: Task, trainer: TaskTrainer) -> None:
         """The engine's entry point: :meth:`fit_task` with the run's optimiser settings and
         batch order, every epoch one ``trainer.run_epoch`` (so the run's augmentation, mixed

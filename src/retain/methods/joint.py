@@ -8,7 +8,7 @@ import torch
 
 from retain.data.benchmark import Task
 from retain.data.iterate import iterate_batches
-from retain.methods.base import Batch, Method, TaskTrainer, register
+from retain.methods.base import Batch, Method, TaskTrainer, procedure, register
 
 
 @register
@@ -27,12 +27,14 @@ class Joint(Method):
     """
 
     name = "joint"
+    own_procedure = True  # train_task: see retain.methods.base.procedure
     train_seen_heads = True  # every seen task's samples train their own heads
 
     def __init__(self, loss_heads: str = "seen") -> None:
         super().__init__(loss_heads=loss_heads)
         self._seen: list[Task] = []
 
+    @procedure
     def train_task(self, task: Task, trainer: TaskTrainer) -> None:
         # the tasks so far come from the benchmark itself, so nothing needs checkpointing
         self._seen = trainer.benchmark.tasks[: task.id + 1]

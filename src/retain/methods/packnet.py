@@ -19,7 +19,7 @@ from retain.core.masks import (
     topk_mask,
 )
 from retain.data.benchmark import Task
-from retain.methods.base import Batch, Method, register
+from retain.methods.base import Batch, Method, procedure, register
 
 
 @register
@@ -51,6 +51,7 @@ class PackNet(Method):
     """
 
     name = "packnet"
+    own_procedure = True  # train_task: see retain.methods.base.procedure
     task_agnostic = False
     shared_forward = False
 
@@ -146,6 +147,7 @@ class PackNet(Method):
             keep[name] = kept
         return keep
 
+    @procedure
     def train_task(self, task: Task, trainer) -> None:
         if self._phase == "train":  # (a resumed run may already be retraining)
             trainer.train_epochs(task)

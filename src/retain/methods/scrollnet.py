@@ -101,6 +101,8 @@ class ScrollNet(Method):
         self.scroll_step = scroll_step
         self.penalty_per_width = bool(penalty_per_width)
         self.task_agnostic = self.base.task_agnostic  # type: ignore[misc]
+        # a base with a procedure of its own runs it in train_task; its loss refuses outside
+        self.own_procedure = self.base.own_procedure  # type: ignore[misc]
         self.data_parallel = self.base.data_parallel  # type: ignore[misc]
         self.data_parallel_note = self.base.data_parallel_note  # type: ignore[misc]
         self._layers: list[nn.Module] = []

@@ -12,14 +12,21 @@ Two head layouts, chosen when the model is built:
 All heads exist from the start (their sizes come from the benchmark), so every task, seen or
 not, can be evaluated at any time; which heads count as "seen" is decided by the caller through
 ``upto``.
+
+A plain module of one's own becomes a ContinualModel with :meth:`ContinualModel.wrap` (which
+:func:`retain.fit` applies to the model it is given): the whole module is the backbone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from retain.data.benchmark import Benchmark
 
 HEAD_LAYOUTS = ("task", "shared")
 
@@ -47,7 +54,10 @@ class ContinualModel(nn.Module):
                 f"unknown head layout {head!r}; choose one of {', '.join(HEAD_LAYOUTS)}"
             )
         if not hasattr(backbone, "out_features"):
-            raise ValueError("the backbone needs an integer attribute 'out_features'")
+            raise ValueError(
+                "the backbone needs an integer attribute 'out_features' (its feature size); "
+                "ContinualModel.wrap(module, bench) finds it by one forward pass"
+            )
         self.backbone = backbone
         self.head_layout = head
         self.classes_per_task = [int(c) for c in classes_per_task]
@@ -66,6 +76,48 @@ class ContinualModel(nn.Module):
         self.register_buffer(
             "class_offsets", torch.tensor(offsets, dtype=torch.long), persistent=False
         )
+
+    @classmethod
+    def wrap(cls, model: nn.Module, benchmark: Benchmark, head: str = "task") -> nn.Module:
+        """``model`` as a model every method can train, for ``benchmark``.
+
+        A ContinualModel (or any module with its ``backbone`` and ``heads``) is returned as it
+        is. Any other ``nn.Module`` is taken whole as the backbone: one forward pass, in eval
+        mode and without gradients, on zeros of shape ``(2, *benchmark.input_shape)`` gives
+        its feature size ``d`` (set as ``model.out_features`` when it has none), and the heads
+        of ``head`` (default: one linear head ``d -> classes_per_task[t]`` per task) are added.
+
+        Raises:
+            TypeError: ``model`` is not an ``nn.Module``.
+            ValueError: the forward pass fails or does not return ``[batch, d]``; its
+                ``out_features`` differs from ``d``; or ``d`` equals the benchmark's number of
+                classes (it looks like a whole classifier: pass it without its output layer,
+                or build ``ContinualModel(backbone, bench.classes_per_task)`` yourself).
+        """
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the model must be a torch nn.Module, got {type(model).__name__}")
+        if isinstance(model, ContinualModel) or (
+            hasattr(model, "backbone") and hasattr(model, "heads")
+        ):
+            return model
+        d = _feature_size(model, tuple(benchmark.input_shape))
+        declared = getattr(model, "out_features", None)
+        if declared is not None and declared != d:
+            raise ValueError(
+                f"{type(model).__name__} says out_features={declared} but returns {d} features "
+                f"for an input of shape {tuple(benchmark.input_shape)}"
+            )
+        if d == benchmark.n_classes:
+            raise ValueError(
+                f"{type(model).__name__} returns {d} outputs, the benchmark's number of "
+                "classes: it looks like a whole classifier, and retain adds the task heads "
+                "itself; pass it without its output layer (its features), or wrap it yourself: "
+                "retain.ContinualModel(backbone, bench.classes_per_task) with "
+                "backbone.out_features set"
+            )
+        if declared is None:
+            model.out_features = d
+        return cls(model, benchmark.classes_per_task, head=head)
 
     @property
     def n_tasks(self) -> int:
@@ -116,3 +168,36 @@ class ContinualModel(nn.Module):
         )
         assert cls_task.numel() == n_out
         return cls_task.unsqueeze(0) == task_ids.unsqueeze(1)
+
+
+def _feature_size(module: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """``d`` of a module that maps a batch of ``input_shape`` inputs to ``[batch, d]``: one
+    forward pass on zeros (eval mode, no gradients; the module's mode is restored)."""
+    name = type(module).__name__
+    param = next(module.parameters(), None)
+    x = torch.zeros(
+        (2, *input_shape),
+        device=None if param is None else param.device,
+        dtype=torch.float32 if param is None or not param.is_floating_point() else param.dtype,
+    )
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(x)
+    except Exception as e:  # the user's forward: any error means the shape is not its input
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(
+            f"cannot find the feature size of {name}: its forward on a batch of shape "
+            f"{tuple(x.shape)} failed ({first})"
+        ) from e
+    finally:
+        module.train(training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{name} must return features of shape [batch, d] to be wrapped with task heads, "
+            f"got {got} for a batch of shape {tuple(x.shape)}; flatten its output, or build "
+            "retain.ContinualModel(backbone, bench.classes_per_task) yourself"
+        )
+    return int(out.shape[1])

@@ -491,8 +491,11 @@ def make_slimmable(
         parent_name, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, new)
     if out is not None:
+        # a submodule, so the scroll is saved with the model; an nn.Sequential runs every
+        # submodule in order, so there it is the last layer, elsewhere a forward hook
         model.slim_output = out
-        model.register_forward_hook(out.hook)
+        if not isinstance(model, nn.Sequential):
+            model.register_forward_hook(out.hook)
     return model
 
 
