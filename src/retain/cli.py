@@ -66,6 +66,24 @@ def _signal_name(e: BaseException) -> str:
     return "SIGTERM" if isinstance(e, Terminated) else "SIGINT"
 
 
+class _HelpWithConfigKeys(argparse.Action):
+    """``retain run --help``: the usual help, then every config key with its default and
+    meaning, generated from ``RunConfig`` and ``TrainConfig`` (imported, with torch, only
+    when this help is asked for, so that other commands stay fast)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from retain.describe import config_keys
+
+        parser.epilog = config_keys()
+        parser.print_help()
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="retain",
@@ -76,7 +94,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train a method on a benchmark and write a run folder")
+    run = sub.add_parser(
+        "run",
+        help="train a method on a benchmark and write a run folder",
+        add_help=False,  # -h/--help below: also the config keys, read when asked
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "-h",
+        "--help",
+        action=_HelpWithConfigKeys,
+        help="show this help and every config key (default, meaning), then exit",
+    )
     run.add_argument("--method", help="method name (see `retain list`)")
     run.add_argument("--benchmark", help="benchmark name (see `retain list`)")
     run.add_argument("--model", help="backbone name (default: mlp)")
@@ -97,7 +126,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_compute_flags(run)
 
-    sub.add_parser("list", help="show the available methods, benchmarks and models")
+    lst = sub.add_parser(
+        "list",
+        help="show the available methods, benchmarks and models, or one of them in full",
+        description="Without NAME: every method, benchmark and model, with a line each. With "
+        "NAME: that method's, benchmark's or model's arguments (their defaults and meanings) "
+        "and, for a method, whether it predicts without a task id and its docs page.",
+    )
+    lst.add_argument("name", nargs="?", metavar="NAME", help="a method, benchmark or model")
 
     rep = sub.add_parser(
         "report",
@@ -179,6 +215,8 @@ def _add_workers(p: argparse.ArgumentParser, default: int | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "list":  # before torch loads: the listing reads the source files
+        return _list(args.name)
     restore = _catch_sigterm()
     try:  # torch loads here (seconds): an interrupt now is a line too, not a traceback
         from retain.engine.runio import RunFileError
@@ -243,20 +281,25 @@ def _launched_by_torchrun() -> bool:
         raise UserError(str(e)) from None
 
 
-def _list() -> int:
-    from retain.data import describe_benchmarks
-    from retain.methods import describe_methods
-    from retain.models import describe_models
+def _list(name: str | None = None) -> int:
+    """``retain list``: every method, benchmark and model with a line each, read from the
+    source files (no torch, a fraction of a second); ``retain list NAME``: that one in full
+    (imports its registry). An unknown NAME is one line with the closest names, exit 2."""
+    from retain import describe
 
-    for title, rows in (
-        ("methods", describe_methods()),
-        ("benchmarks", describe_benchmarks()),
-        ("models", describe_models()),
-    ):
-        print(f"{title}:")
-        width = max(len(name) for name, _ in rows)
-        for name, doc in rows:
-            print(f"  {name:<{width}}  {doc}")
+    try:
+        if name is None:
+            print(describe.format_listing(describe.listing()))
+        else:
+            print(describe.details(name))
+    except describe.UnknownName as e:
+        print(f"retain: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # e.g. `retain list | head`
+        sys.stderr.close()
+    except KeyboardInterrupt as e:
+        print(f"retain: interrupted ({_signal_name(e)})", file=sys.stderr)
+        return _interrupt_code(e)
     return 0
 
 

@@ -34,6 +34,40 @@ class-balanced subset, :func:`~retain.data.sources.class_subset`); ``normalize``
 ``lazy`` (transform or read rows as batches draw them instead of holding a copy per task);
 ``split_seed`` (the fixed train/test split of the offline sources, MNIST-5k and digits). The
 argument groups below compose each benchmark's arguments in the order they are listed.
+
+Args:
+    n_tasks: number of tasks (one boundary-free stream: always 1; 5-Datasets: one per dataset
+        of ``order``).
+    seed: seed of the task sequence (a shuffled class order, the pixel permutations, random
+        angles, the stream's chunks), separate from the run seed.
+    root: the data root (see :mod:`retain.data.download`); for Fashion-MNIST, its folder.
+    download: fetch the dataset's files when they are missing (off by default).
+    train_per_class: keep this many training images of each class (a seeded class-balanced
+        subset, :func:`~retain.data.sources.class_subset`); None: all.
+    test_per_class: keep this many test images of each class; None: all. For Omniglot, the
+        drawings of each character held out for testing.
+    class_order: an explicit order of the original class ids, cut into tasks in turn.
+    shuffle_classes: shuffle the natural class order with ``seed`` (ignored with
+        ``class_order``).
+    identity_first: leave task 0 unpermuted (by default every task is permuted).
+    angles: degrees per task; None: evenly spaced in [0, 180), task 0 unrotated; ``"random"``:
+        each drawn with ``seed``.
+    rounds: how many times the stream goes over its sequence of class pairs.
+    n_classes: the stream's classes, ``0..n_classes-1`` (the others are dropped); for Omniglot,
+        the first ``n_classes`` characters.
+    normalize: ``true``: the dataset's published mean and std (or its images'); ``{mean: [...],
+        std: [...]}``: these; ``false``: none (:mod:`retain.data.normalization`).
+    lazy: transform or read rows as batches draw them instead of holding a copy per task (the
+        same values, less memory).
+    split_seed: seed of the fixed train/test split of the offline sources (MNIST-5k, digits).
+    channels: channels of the images; 3 repeats the grayscale ones (Dynamos' seq-MNIST).
+    shuffle_tasks: order the superclasses by a permutation drawn with ``seed``.
+    size: side in pixels the images are resized to.
+    rotations: angles (multiples of 90) at which every drawing is added again, as more samples
+        of its own character.
+    fashion_root: the Fashion-MNIST folder (default: ``$RETAIN_FASHION_MNIST`` or
+        ``/usr/share/datasets/fashion-mnist``).
+    order: the datasets, one task each, in this order.
 """
 
 from __future__ import annotations

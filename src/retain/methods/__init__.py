@@ -54,10 +54,8 @@ def non_finite(value, key: str) -> tuple[str, float] | None:
 
 
 def describe_methods() -> list[tuple[str, str]]:
-    """(name, first docstring paragraph, shortened) of every registered method, by name."""
-    out = []
-    for name in sorted(REGISTRY):
-        paragraph = (REGISTRY[name].__doc__ or "").strip().split("\n\n")[0]
-        line = " ".join(paragraph.split())
-        out.append((name, line if len(line) <= 90 else line[:87].rstrip() + "..."))
-    return out
+    """``(name, summary)`` of every registered method, by name: the first sentence of its
+    docstring (:func:`retain.docstrings.summary`: a long one cut after a whole word, "...")."""
+    from retain.docstrings import summary
+
+    return [(name, summary(REGISTRY[name].__doc__)) for name in sorted(REGISTRY)]
