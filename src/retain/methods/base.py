@@ -2,23 +2,35 @@
 
 A method is used like this, by :func:`retain.fit` or by a loop of your own::
 
-    method.setup(model, benchmark_info)
+    method.setup(model, benchmark)        # a ContinualModel; the Benchmark or its BenchmarkInfo
+    trainer = Trainer.standalone(model, method, generator, benchmark=benchmark, epochs=epochs)
     for task in benchmark:
         method.before_task(task)          # or method.resume_task(task) inside a resumed task
-        opt = torch.optim.SGD(method.trainable_parameters(task), lr=0.01)
-        for epoch in range(epochs):
-            model.train()
-            method.before_epoch(task, epoch)
-            for batch in method.batches(task, batch_size, generator):
-                loss = method.loss(batch, task)
-                opt.zero_grad(); loss.backward()
-                method.after_backward(batch, task)
-                opt.step()
-                method.after_step(batch, task)
+        if method.own_procedure:          # Eidetic, PackNet, Joint: phases of their own
+            method.train_task(task, trainer)
+        else:
+            opt = torch.optim.SGD(method.trainable_parameters(task), lr=0.01)
+            for epoch in range(epochs):
+                model.train()
+                method.before_epoch(task, epoch)
+                for batch in method.batches(task, batch_size, generator):
+                    loss = method.loss(batch, task)
+                    opt.zero_grad(); loss.backward()
+                    method.after_backward(batch, task)
+                    opt.step()
+                    method.after_step(batch, task)
         method.after_task(task)
         model.eval()
         logits = method.predict(x, task_id=task.id)      # task-aware
         logits = method.predict(x, upto=task.id + 1)     # task-agnostic over seen classes
+
+``setup`` refuses a plain ``nn.Module`` (wrap it: ``ContinualModel.wrap(module, benchmark)``,
+as :func:`retain.fit` does) and ``benchmark.info`` (free-form facts, not a BenchmarkInfo).
+``predict`` without a task id refuses (``ValueError``) for a method with
+``task_agnostic = False`` (WSN, PackNet, HAT, SupSup). A method whose ``train_task`` is a
+procedure of its own (``own_procedure``, see :func:`procedure`) refuses its hooks driven by the
+plain loop (``loss`` raises ``RuntimeError``): in it, those hooks alone would silently train
+another method (Eidetic without pruning, PackNet without retraining, Joint on one task).
 
 The hooks, in the order the engine calls them, and the methods that override them:
 
@@ -35,7 +47,8 @@ loss                   regularisers, distillation, replay, masks (the objective)
                        ``regularizer()``: its batch-independent term (ewc, mas, si)
 after_backward         gradient edits: spg, hat, wsn, packnet, eidetic, agem, ewc (SI)
 after_step             invariants: freezing, path integrals, buffer admission (replay)
-train_task             eidetic, packnet, scrollnet, joint (phases over ``Trainer.run_epoch``)
+train_task             eidetic, packnet, joint (``own_procedure``: phases over
+                       ``Trainer.run_epoch``); scrollnet (its base's)
 after_task             consolidation: importance, masks, pruning, buffers
 forward_task           per-task forward passes (masks, experts); ``predict`` derives
 predict, predict_both  methods with their own classifier (icarl, bic, dynamos, eidetic)
@@ -46,7 +59,8 @@ state_dict, load_..    everything besides the model needed to resume
 
 Only :class:`~retain.engine.Trainer` calls ``backward`` and ``step``: a method whose procedure
 is not "epochs of SGD" (Eidetic's prune-and-recover loop, PackNet's retraining) overrides
-:meth:`Method.train_task` and runs its phases through ``Trainer.run_epoch``.
+:meth:`Method.train_task` (decorated with :func:`procedure`, its class setting
+``own_procedure = True``) and runs its phases through ``Trainer.run_epoch``.
 """
 
 from __future__ import annotations
