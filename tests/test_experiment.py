@@ -32,7 +32,8 @@ def test_compare_and_sweep_with_smoke_and_epochs_5_train_1_epoch_as_run_does(tmp
     run, cmp, swp = tmp_path / "run", tmp_path / "cmp", tmp_path / "swp"
     smoke5 = ["--set", "epochs=5", "--set", "smoke=true"]
     assert main(["run", *FAST, "--method", "finetune", *smoke5, "--quiet", "--out", str(run)]) == 0
-    argv = ["compare", *FAST, "--methods", "finetune", "--seeds", "1", *smoke5]
+    # --protocol own: finetune's own loss_heads, as `retain run` (compare's default sets seen)
+    argv = ["compare", *FAST, "--methods", "finetune", "--seeds", "1", "--protocol", "own", *smoke5]
     assert main([*argv, "--workers", "1", "--out", str(cmp)]) == 0
     sweep_file = tmp_path / "s.yaml"
     sweep_file.write_text(

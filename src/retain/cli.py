@@ -21,6 +21,9 @@ EXIT_USAGE = 2
 EXIT_DIVERGED = 3
 #: exit codes of an interrupted command (the shell's 128 + signal number)
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143
+#: ``compare --protocol`` choices, :data:`retain.report.protocol.PROTOCOLS` (not imported here:
+#: the parser stays free of the report's imports)
+PROTOCOLS = ("seen", "task", "own")
 
 
 class UserError(Exception):
@@ -165,6 +168,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="[METHOD:]KEY=VALUE",
         help="a config key for every trial, or with METHOD: for that method's trials only "
         "(ewc:method_args.lamb=5000)",
+    )
+    cmp.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="seen",
+        help="what the training loss of every method sees, set as its method_args.loss_heads: "
+        "seen (default: every class seen so far, so that the task-agnostic columns compare), "
+        "task (the current task's outputs only), own (each method's default). Methods that "
+        "fix theirs (iCaRL, BiC, LUCIR: seen; WSN, PackNet, HAT, SupSup, SPG, Eidetic, One: "
+        "task) keep it, and --set [METHOD:]method_args.loss_heads=... wins; the table's heads "
+        "column says what each row used",
     )
     cmp.add_argument("--out", help="folder of the trials (default runs/compare-<benchmark>)")
     cmp.add_argument("--note", default="", help="a line of text shown above the table")
@@ -566,6 +580,7 @@ def _check_writable(folder: Path) -> None:
 
 def _report(paths: list[str], out: Path, note: str) -> int:
     from retain.report import collect, make_report, markdown_table, write_report
+    from retain.report.layout import heads_line
 
     for p in paths:
         if not Path(p).is_dir():
@@ -588,6 +603,7 @@ def _report(paths: list[str], out: Path, note: str) -> int:
         print(note, end="\n\n")
     for section in report.sections:
         print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
+        print(f"{heads_line(section.table)}\n")
     written = write_report(report, out)
     print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)
     return 0
@@ -643,18 +659,22 @@ def _compare(args: argparse.Namespace) -> int:
         seeds = parse_seeds(args.seeds, "--seeds")
         common_keys = parse_set(common)
         configs = [
-            resolve(
-                args.config,
-                flags,
-                common_keys,
-                axes=[("option", {"method": method, "seed": seed})],
-                overrides=[(f"--set {method}:", parse_set(scoped[method]))],
+            _under_protocol(
+                lambda extra, method=method, seed=seed: resolve(
+                    args.config,
+                    flags,
+                    common_keys,
+                    axes=[("option", {"method": method, "seed": seed})],
+                    overrides=[(f"--set {method}:", parse_set(scoped[method])), *extra],
+                ),
+                args.protocol,
             )
             for method in methods
             for seed in seeds
         ]
     except (ConfigError, SweepError) as e:
         raise UserError(str(e)) from None
+    _announce_protocol(configs, args.protocol)
     out = Path(args.out) if args.out else Path("runs") / f"compare-{args.benchmark}"
     _check_out_dir(out)
     trials = [Trial.under(out, c) for c in configs]
@@ -663,6 +683,43 @@ def _compare(args: argparse.Namespace) -> int:
             "--set method=... or seed=... makes trials identical; use --methods, --seeds"
         )
     return _run_trials(trials, out, args, title="retain compare")
+
+
+def _under_protocol(make, protocol: str):
+    """The trial config ``make([])``, or, under ``compare --protocol seen|task``, ``make`` with
+    one more layer that sets the method's ``loss_heads`` (``method_args.loss_heads``, or
+    ``method_args.base_args.loss_heads`` for ScrollNet) to ``protocol``: unless the method
+    fixes its own, or a ``--set``/``--config`` already chose it."""
+    from retain.report.protocol import OWN, lookup, protocol_key
+
+    config = make([])
+    if protocol == OWN:
+        return config
+    key = protocol_key(config.method, config.method_args)
+    if key is None or lookup({"method_args": config.method_args}, key)[0]:
+        return config
+    return make([("--protocol", {key: protocol})])
+
+
+def _announce_protocol(configs, protocol: str) -> None:
+    """One line on stderr naming the methods that do not train under ``protocol``."""
+    from retain.report.protocol import OWN, method_protocol
+
+    if protocol == OWN:
+        return
+    differ: dict[str, str] = {}
+    for c in configs:
+        heads = method_protocol(c.method, c.method_args)
+        if heads != protocol:
+            differ.setdefault(c.method, str(heads))
+    if differ:
+        rows = ", ".join(f"{m} ({h})" for m, h in differ.items())
+        print(
+            f"retain: --protocol {protocol}; trained on other heads (fixed by the method, or "
+            f"chosen by --set): {rows}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -758,6 +815,7 @@ def _summarize(
     """Print the table of the trials that finished, write OUT/report/, list the failures;
     1 when a trial failed, else 0."""
     from retain.report import collect, make_report, markdown_table, write_report
+    from retain.report.layout import heads_line
     from retain.sweep import REPORT_DIR
     from retain.trials import folder_lock
 
@@ -770,6 +828,7 @@ def _summarize(
             print(args.note, end="\n\n")
         for section in report.sections:
             print(f"{section.table.title}\n\n{markdown_table(section.table)}\n")
+            print(f"{heads_line(section.table)}\n")
         with folder_lock(out / f".{REPORT_DIR}.lock"):  # two compares on one --out
             written = write_report(report, out / REPORT_DIR)
         print(f"retain: wrote {' and '.join(str(p) for p in written)}", file=sys.stderr)

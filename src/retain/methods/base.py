@@ -265,6 +265,13 @@ class Method:
         self.info: BenchmarkInfo | None = None
         self.current_task: int = -1
 
+    @property
+    def protocol(self) -> str:
+        """The training protocol reports show as ``heads``: ``"task"`` (the loss sees the
+        current task's outputs only) or ``"seen"`` (every class seen so far); the
+        ``loss_heads`` this method trains with, whether chosen or fixed by the method."""
+        return self.loss_heads
+
     # ------------------------------------------------------------------ lifecycle hooks
     def setup(self, model: ContinualModel, info: BenchmarkInfo | Benchmark) -> None:
         """Adapt the model once, before the first task (swap layers, add agents, ...).

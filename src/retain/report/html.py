@@ -7,7 +7,7 @@ import base64
 from html import escape
 
 from retain.report.document import Report
-from retain.report.layout import layout, seeds_line, settings_line
+from retain.report.layout import heads_line, layout, seeds_line, settings_line
 from retain.report.summary import Table
 
 STYLE = """
@@ -63,11 +63,18 @@ def render_html(report: Report) -> str:
         "average accuracy; BWT: backward transfer; FWT: forward transfer; Forg.: forgetting; "
         "task-aware: the task id is given; task-agnostic: argmax over all classes seen; CAP: "
         "memory of the used weights and task masks as % of the dense model (masked methods); "
-        "time: training wall time in seconds. Highlighted: best mean of its column.</p>"
+        "time: training wall time in seconds; heads: what the training loss saw (task: the "
+        "current task's outputs; seen: every class seen so far). Highlighted: best mean ACC "
+        "of its setting (task-agnostic: only where the rows share their heads); BWT, FWT and "
+        "forgetting are shown unranked.</p>"
     )
     for section in report.sections:
         t = section.table
-        parts += [f"<h2>{escape(t.title)}</h2>", html_table(t)]
+        parts += [
+            f"<h2>{escape(t.title)}</h2>",
+            html_table(t),
+            f'<p class="meta">{escape(heads_line(t))}</p>',
+        ]
         if t.common:
             parts.append(
                 f'<p class="meta">Settings shared by every row: {escape(settings_line(t))}.</p>'

@@ -1,10 +1,13 @@
 """The cells of a paper-style results table, shared by the Markdown, HTML and terminal output.
 
 Columns: method (label), seeds, then ACC, BWT, FWT and forgetting for each setting some group
-reports (task-aware, task-agnostic), CAP when some group reports it, and training time.
+reports (task-aware, task-agnostic), CAP when some group reports it, and training time; after
+the seeds, ``heads``: the training protocol of the row (:mod:`retain.report.protocol`).
 Accuracies are percent, mean ± sample std over seeds (a single seed shows the mean only);
 ``n/a`` where a metric is undefined (a method without task-agnostic predictions, CAP of an
-unmasked method). The best mean of each accuracy column is marked. A group whose runs
+unmasked method). The best mean of each ACC column is marked (task-agnostic ACC only when the
+rows with task-agnostic numbers share their heads); BWT, FWT and forgetting are not ranked (a
+method that learns little forgets little: its BWT is no merit). A group whose runs
 diverged shows ``diverged`` in its accuracy cells and is never marked.
 """
 
@@ -15,10 +18,11 @@ from dataclasses import dataclass
 from retain.report.summary import SETTINGS, Stat, Table, format_value
 
 NAMES = {"acc": "ACC", "bwt": "BWT", "fwt": "FWT", "forgetting": "Forg."}
-#: +1: higher is better, -1: lower is better
-BETTER = {"acc": 1, "bwt": 1, "fwt": 1, "forgetting": -1}
+#: the metrics whose best mean is marked (+1: higher is better)
+RANKED = {"acc": 1}
 SETTING_NAMES = {"task_aware": "task-aware", "task_agnostic": "task-agnostic"}
 NA = "n/a"
+HEADS = "heads"
 DIVERGED = "diverged"
 
 
@@ -49,18 +53,20 @@ def layout(table: Table, with_time: bool = True) -> Layout:
     """The table's cells (see the module docstring)."""
     groups = table.groups
     settings = [s for s in SETTINGS if any(g.has_setting(s) for g in groups)] or [SETTINGS[0]]
-    spans: list[tuple[str, int]] = [("", 2)]
-    headers = ["method", "seeds"]
+    spans: list[tuple[str, int]] = [("", 3)]
+    headers = ["method", "seeds", HEADS]
     columns: list[list[Cell]] = [
         [Cell(g.label) for g in groups],
         [Cell(str(len(g.runs))) for g in groups],
+        [Cell(g.protocol or NA) for g in groups],
     ]
     for setting in settings:
         spans.append((SETTING_NAMES[setting], len(NAMES)))
         for name, title in NAMES.items():
             headers.append(title)
             stats = [g.metric(setting, name) for g in groups]
-            best = _best(stats, BETTER[name])
+            ranked = name in RANKED and not (setting == "task_agnostic" and mixed_heads(table))
+            best = _best(stats, RANKED[name]) if ranked else set()
             columns.append(
                 [
                     Cell(DIVERGED if g.diverged else NA if s is None else s.format(), i in best)
@@ -96,3 +102,29 @@ def settings_line(table: Table) -> str:
 def seeds_line(table: Table) -> str:
     """Which seeds each group holds (``finetune: 0, 1, 2``)."""
     return "; ".join(f"{g.label}: {', '.join(str(s) for s in g.seeds)}" for g in table.groups)
+
+
+def mixed_heads(table: Table) -> bool:
+    """Whether the groups with task-agnostic numbers trained on different heads: then their
+    task-agnostic ACC is not ranked (it does not compare)."""
+    return len({g.protocol for g in table.groups if g.has_setting("task_agnostic")}) > 1
+
+
+def heads_line(table: Table) -> str:
+    """What the ``heads`` column means, and which rows differ in it (their task-agnostic
+    numbers do not compare)."""
+    by: dict[str, list[str]] = {}
+    for g in table.groups:
+        by.setdefault(g.protocol or NA, []).append(g.label)
+    meaning = (
+        "heads: the outputs the training loss saw (task: the current task's; seen: every "
+        "class seen so far)"
+    )
+    if len(by) == 1:
+        return f"{meaning}; {next(iter(by))} in every row."
+    rows = "; ".join(f"{p}: {', '.join(labels)}" for p, labels in by.items())
+    unranked = " (their ACC is not ranked)" if mixed_heads(table) else ""
+    return (
+        f"{meaning}. Rows differ in heads ({rows}): task-agnostic numbers compare only between "
+        f"rows with the same heads{unranked}."
+    )

@@ -6,7 +6,7 @@ import html
 import re
 
 from retain.report.document import Report
-from retain.report.layout import layout, seeds_line, settings_line
+from retain.report.layout import heads_line, layout, seeds_line, settings_line
 from retain.report.summary import Table
 
 FIGURES_DIR = "figures"
@@ -28,7 +28,7 @@ def _code(text: str) -> str:
 
 
 def markdown_table(table: Table, with_time: bool = True) -> str:
-    """A Markdown table of the groups of ``table``; best accuracy means in bold."""
+    """A Markdown table of the groups of ``table``; the best ACC means in bold."""
     lay = layout(table, with_time=with_time)
     headers = []
     i = 0
@@ -54,12 +54,15 @@ def render_markdown(report: Report) -> str:
         "BWT: backward transfer; FWT: forward transfer; Forg.: forgetting; TAw: task-aware "
         "(the task id is given); TAg: task-agnostic (argmax over all classes seen); CAP: memory "
         "of the used weights and task masks as % of the dense model (masked methods); time: "
-        "training wall time in seconds. Bold: best mean of its column.",
+        "training wall time in seconds; heads: what the training loss saw (task: the current "
+        "task's outputs; seen: every class seen so far). Bold: best mean ACC of its setting "
+        "(task-agnostic: only where the rows share their heads); BWT, FWT and forgetting are "
+        "shown unranked.",
         "",
     ]
     for section in report.sections:
         t = section.table
-        out += [f"## {_escape(t.title)}", "", markdown_table(t), ""]
+        out += [f"## {_escape(t.title)}", "", markdown_table(t), "", _escape(heads_line(t)), ""]
         if t.common:
             out += [f"Settings shared by every row: {_escape(settings_line(t))}.", ""]
         out += [f"Seeds: {_escape(seeds_line(t))}.", ""]

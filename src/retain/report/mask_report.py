@@ -7,7 +7,8 @@ the method's ``extra_metrics()`` under ``extra``). Usage::
 
 prints, per benchmark, (1) ACC, BWT (task-aware), weights used after the last task, mask memory
 (raw bits as KiB, bit-packed and entropy-coded bytes as KiB), CAP and wall time, mean ± std over
-seeds; (2) the fraction of every layer's weights in use after each task (mean over seeds).
+seeds; (2) the fraction of every layer's weights in use after each task (mean over seeds),
+layers named as the backbone's modules (:func:`layer_name`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,16 @@ import statistics
 import sys
 from pathlib import Path
 from typing import Any
+
+#: the prefix some methods' reports put before a layer's name (SPG's parameters are named from
+#: the whole model, the masked methods' layers from the backbone)
+BACKBONE_PREFIX = "backbone."
+
+
+def layer_name(name: str) -> str:
+    """One naming for a layer in every report: its module name in the backbone
+    (``backbone.layers.0`` -> ``layers.0``)."""
+    return name.removeprefix(BACKBONE_PREFIX)
 
 
 def _ms(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -79,7 +90,7 @@ def layer_table(rows: list[dict[str, Any]]) -> str:
             t = len(hists[0])
             n_tasks = max(n_tasks, t)
             cells = [f"{100 * statistics.fmean(h[i] for h in hists):.1f}" for i in range(t)]
-            body.append((row["benchmark"], row["method"], name, cells))
+            body.append((row["benchmark"], row["method"], layer_name(name), cells))
     if not body:
         return ""
     head = "| benchmark | method | layer | " + " | ".join(f"{i + 1}" for i in range(n_tasks))

@@ -3,7 +3,8 @@ pyplot's global backend and figure list are left alone for users who also plot).
 
 * :func:`accuracy_curves`: average accuracy over the tasks seen so far after each task, one
   line per group (mean over seeds, shaded ± std), task-aware and task-agnostic panels: the
-  plot of ScrollNet's Figures 4-5.
+  plot of ScrollNet's Figures 4-5; accuracy from 0 to 100 % (:data:`ACC_LIMITS`), a legend
+  per panel, and a note naming the groups a panel leaves out (task-aware-only methods).
 * :func:`accuracy_heatmaps`: a group's accuracy matrix R[i][j] (mean over seeds).
 * :func:`layer_plot`: per-layer weights in use (masked methods' ``capacity`` report) or
   fully blocked parameters (SPG's ``blocked``) after each task, when a group reports them.
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from retain.report.mask_report import layer_name
 from retain.report.summary import SETTINGS, Group, Table
 
 TITLES = {"task_aware": "task-aware", "task_agnostic": "task-agnostic"}
@@ -37,10 +39,31 @@ def _subplots(n: int, width: float, height: float, layout: str = "tight"):
     return fig, fig.subplots(1, n, squeeze=False)
 
 
-def accuracy_curves(table: Table) -> bytes:
-    """Average accuracy after each task, one line per group, a panel per setting."""
+#: accuracy axes run from 0 to 100 % in every panel: a drop from 99 to 97 looks as small as it
+#: is, and the task-aware and task-agnostic panels (and two reports) share one scale
+ACC_LIMITS = (0.0, 100.0)
+
+
+def _not_shown(table: Table, setting: str) -> list[str]:
+    """Labels of the trained groups without numbers in ``setting`` (task-aware-only methods
+    in the task-agnostic panel); diverged groups are in none and noted by the table."""
+    return [g.label for g in table.groups if not g.diverged and not g.has_setting(setting)]
+
+
+def not_shown_note(table: Table, setting: str) -> str:
+    """The note a panel carries about the groups it leaves out ("" when none)."""
+    missing = _not_shown(table, setting)
+    if not missing:
+        return ""
+    others = [TITLES[s] for s in SETTINGS if s != setting]
+    return f"not shown, {' / '.join(others)} only: {', '.join(missing)}"
+
+
+def accuracy_figure(table: Table) -> Figure:
+    """Average accuracy after each task, one line per group, a panel per setting; each panel
+    has its own legend (the groups it draws) and a note naming the groups it leaves out."""
     settings = [s for s in SETTINGS if any(g.has_setting(s) for g in table.groups)]
-    rows = -(-len(table.groups) // 3)  # legend rows below the panels
+    rows = -(-len(table.groups) // 3)  # legend rows below each panel
     fig, axes = _subplots(
         len(settings), 5.2 * len(settings), 3.8 + 0.25 * rows, layout="constrained"
     )
@@ -59,22 +82,33 @@ def accuracy_curves(table: Table) -> bytes:
         ax.set_xlabel("tasks learned")
         ax.set_ylabel("average accuracy on tasks seen (%)")
         ax.set_xticks(range(1, max(g.n_tasks for g in table.groups) + 1))
+        ax.set_ylim(*ACC_LIMITS)
         ax.grid(alpha=0.3)
-    handles, labels = {}, []
-    for ax in axes[0]:  # one legend below the panels, every group once
-        for h, label in zip(*ax.get_legend_handles_labels()):
-            if label not in handles:
-                handles[label] = h
-                labels.append(label)
-    fig.legend(
-        [handles[label] for label in labels],
-        labels,
-        loc="outside lower center",
-        ncol=min(3, len(labels)),
-        fontsize=8,
-        frameon=False,
-    )
-    return _png(fig)
+        note = not_shown_note(table, setting)
+        if note:
+            ax.text(
+                0.02,
+                0.03,
+                note,
+                transform=ax.transAxes,
+                fontsize=8,
+                va="bottom",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none"},
+            )
+        labels = ax.get_legend_handles_labels()[1]
+        ax.legend(
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.16),
+            ncol=min(3, len(labels)),
+            fontsize=8,
+            frameon=False,
+        )
+    return fig
+
+
+def accuracy_curves(table: Table) -> bytes:
+    """:func:`accuracy_figure` as PNG."""
+    return _png(accuracy_figure(table))
 
 
 def accuracy_heatmaps(group: Group) -> bytes:
@@ -117,14 +151,15 @@ def _mean_series(series: list[list[float]]) -> list[float]:
 
 def layer_series(group: Group) -> tuple[str, dict[str, list[float]]] | None:
     """(y-axis label, {layer: value after each task, mean over seeds}) for groups whose runs
-    report weights in use per layer (``capacity``) or blocked parameters (``blocked``)."""
+    report weights in use per layer (``capacity``) or blocked parameters (``blocked``); layers
+    named as the backbone's modules (:func:`~retain.report.mask_report.layer_name`)."""
     caps = [r.method_metrics.get("capacity") for r in group.runs]
     if all(isinstance(c, dict) for c in caps):
         reports: list[dict[str, Any]] = [c.get("weights", c) for c in caps]  # type: ignore[union-attr]
         try:
             names = [*reports[0]["layers"], "total"]
             out = {
-                name: _mean_series(
+                layer_name(name): _mean_series(
                     [
                         (rep["total"] if name == "total" else rep["layers"][name])[
                             "used_frac_after_task"
@@ -143,7 +178,7 @@ def layer_series(group: Group) -> tuple[str, dict[str, list[float]]] | None:
         try:
             names = list(blocked[0][0])  # type: ignore[index]
             out = {
-                name: _mean_series([[float(step[name]) for step in b] for b in blocked])  # type: ignore[union-attr]
+                layer_name(name): _mean_series([[float(step[name]) for step in b] for b in blocked])  # type: ignore[union-attr]
                 for name in names
             }
         except (KeyError, TypeError, ValueError):

@@ -10,6 +10,7 @@ table (``ewc (lamb=100)``); the settings all groups share are the table's ``comm
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import statistics
@@ -17,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from retain.report.protocol import method_protocol
 from retain.report.runs import RunRecord
 
 #: config keys that do not change what a run computes, or that vary across a group's runs
@@ -101,6 +103,13 @@ class Group:
         """Mean ± std over seeds of ``name`` (acc, bwt, fwt, forgetting) in ``setting``."""
         return self.stat(lambda r: getattr(getattr(r, setting), name)())
 
+    @property
+    def protocol(self) -> str | None:
+        """The heads the runs trained on, ``"task"`` or ``"seen"`` (see
+        :mod:`retain.report.protocol`); None when the method is not registered here."""
+        args = self.runs[0].config.get("method_args")
+        return method_protocol(self.method, args if isinstance(args, dict) else {})
+
     def has_setting(self, setting: str) -> bool:
         return self.metric(setting, "acc") is not None
 
@@ -166,16 +175,63 @@ def format_value(value: Any) -> str:
     return _canon(value)
 
 
+def _signature_default(fn: Any, name: str) -> tuple[bool, Any]:
+    try:
+        param = inspect.signature(fn).parameters.get(name)
+    except (TypeError, ValueError):
+        return False, None
+    if param is None or param.default is inspect.Parameter.empty:
+        return False, None
+    return True, param.default
+
+
+def default_setting(group: Group, key: str) -> tuple[bool, Any]:
+    """(known, value): the default a run takes for an argument key its config leaves out
+    (``method_args.x`` from the method, ``model_args.x`` from the backbone,
+    ``benchmark_args.x`` from the benchmark); ``(False, None)`` when it cannot be told
+    (another key, a nested argument, a name not registered here)."""
+    from retain.data import BENCHMARKS
+    from retain.methods import REGISTRY
+    from retain.models import MODELS
+
+    top, _, name = key.partition(".")
+    if not name or "." in name:
+        return False, None
+    owner: Any = {
+        "method_args": REGISTRY.get(group.method),
+        "model_args": MODELS.get(str(group.settings.get("model", "mlp"))),
+        "benchmark_args": BENCHMARKS.get(group.benchmark),
+    }.get(top)
+    if owner is None:
+        return False, None
+    return _signature_default(owner.__init__ if isinstance(owner, type) else owner, name)
+
+
+def _setting(group: Group, key: str) -> tuple[bool, Any]:
+    """(known, value) of ``key`` in ``group``: its own, else the default it ran with."""
+    if key in group.settings:
+        return True, group.settings[key]
+    return default_setting(group, key)
+
+
 def _label(group: Group, varying: list[str]) -> str:
-    parts = [f"{_short(k)}={format_value(group.settings.get(k, '-'))}" for k in varying]
+    """The method name and the ``key=value`` of the ``varying`` keys; a key the group's config
+    leaves out shows the default it ran with (left out when that cannot be told)."""
+    parts = []
+    for k in varying:
+        known, value = _setting(group, k)
+        if known:
+            parts.append(f"{_short(k)}={format_value(value)}")
     return group.method + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _varying(groups: list[Group], keys: list[str]) -> list[str]:
-    """The keys whose value (or presence) differs between ``groups``."""
+    """The keys whose value differs between ``groups`` (a left-out key counts as its
+    default, or as missing when that cannot be told)."""
 
     def value(g: Group, k: str) -> str:
-        return _canon(g.settings[k]) if k in g.settings else "<missing>"
+        known, v = _setting(g, k)
+        return _canon(v) if known else "<missing>"
 
     return [k for k in keys if len({value(g, k) for g in groups}) > 1]
 
