@@ -71,6 +71,9 @@ def test_list_prints_the_registries(capsys):
     )
     assert capsys.readouterr().out == expected + "\n"
     assert "  ewc  " in expected and "  split-fmnist  " in expected and "  mlp  " in expected
+    assert expected.endswith(
+        "\nretain list NAME: the arguments of one, with their defaults and meanings"
+    )
 
 
 def test_unreadable_sources_fall_back_to_the_registries(tmp_path, monkeypatch):
@@ -299,3 +302,4 @@ def test_run_help_lists_every_config_key(capsys):
         assert line.split()[1] == describe.show_default(default).split()[0], line
         assert meaning.split()[0] in line.split()[2:], line
     assert "--set KEY=VALUE" in keys
+    assert keys.rstrip().endswith("(method_args.NAME, ...): retain list NAME")

@@ -370,19 +370,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _claim(held: contextlib.ExitStack, run_dir: Path) -> None:
-    """Take ``run_dir``'s lock (the one compare and sweep take for a trial, beside the folder)
-    for the rest of the run, before anything is written; refuse if another process holds it."""
-    from retain.trials import FolderBusy, folder_lock, lock_path
+    """Take ``run_dir``'s lock (the one compare and sweep take for a trial, and
+    :func:`retain.fit` for its ``run_dir``, beside the folder) for the rest of the run, before
+    anything is written; refuse if another process holds it."""
+    from retain.engine import runio
 
     try:
-        held.enter_context(folder_lock(lock_path(run_dir), blocking=False))
-    except FolderBusy:
-        raise UserError(
-            f"{str(run_dir)!r} is in use by another retain process (its lock "
-            f"{lock_path(run_dir).name} is held); wait for it to end or use another --out"
-        ) from None
-    except OSError as e:
-        raise UserError(f"cannot write beside {str(run_dir)!r}: {e.strerror}") from None
+        runio.claim_run_dir(held, run_dir, option="--out")
+    except runio.RunFolderError as e:
+        raise UserError(str(e)) from None
 
 
 def _interrupt_message(e: BaseException, run_dir: Path, config) -> str:
@@ -432,17 +428,14 @@ def _default_run_dir(config) -> Path:
 
 
 def _check_new_run_dir(run_dir: Path) -> None:
+    """--out must be a folder that can be written and holds no run yet (the check
+    :func:`retain.fit` makes of its ``run_dir``)."""
     from retain.engine import runio
 
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {str(run_dir)!r} exists and is not a folder")
-    _check_writable(run_dir)
-    if run_dir.is_dir() and any(
-        (run_dir / f).exists() for f in (runio.CONFIG, runio.METRICS, runio.CHECKPOINT)
-    ):
-        raise UserError(
-            f"{str(run_dir)!r} already holds a run; use --resume {run_dir} or another --out"
-        )
+    try:
+        runio.check_new_run_dir(run_dir, "--out", f"--resume {run_dir}")
+    except runio.RunFolderError as e:
+        raise UserError(str(e)) from None
 
 
 def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
@@ -454,6 +447,7 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
     cfg_file = run_dir / runio.CONFIG
     if not cfg_file.is_file():
         raise UserError(f"cannot resume: {str(run_dir)!r} holds no {runio.CONFIG}")
+    _check_rebuildable(run_dir)
     if not (run_dir / runio.CHECKPOINT).is_file():  # stopped before its first checkpoint
         return _restart_config(run_dir, args, flags)
     try:
@@ -472,6 +466,28 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
         )
     _check_asked(stored, run_dir, args, flags)
     return stored, run_dir
+
+
+def _check_rebuildable(run_dir: Path) -> None:
+    """A folder :func:`retain.fit` wrote for a model, benchmark or method of one's own
+    (``own_objects`` in its config.yaml) cannot be rebuilt by name: resume it from Python."""
+    import yaml
+
+    from retain.engine import runio
+
+    try:
+        stored = yaml.safe_load((run_dir / runio.CONFIG).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return  # resolve() says what is wrong with the file
+    own = stored.get(runio.OWN_OBJECTS) if isinstance(stored, dict) else None
+    if not own:
+        return
+    what = ", ".join(f"{k} {v}" for k, v in own.items()) if isinstance(own, dict) else own
+    raise UserError(
+        f"cannot resume: {str(run_dir)!r} was written by retain.fit with Python objects of "
+        f"its own ({what}) that retain run cannot build; resume it from Python with "
+        f"retain.fit(..., run_dir={str(run_dir)!r}, resume=True)"
+    )
 
 
 def _check_asked(stored, run_dir: Path, args: argparse.Namespace, flags: dict) -> None:

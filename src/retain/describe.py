@@ -28,6 +28,7 @@ PACKAGE = Path(__file__).resolve().parent
 #: the checkout's docs/methods, when retain runs from a source tree
 METHOD_DOCS = PACKAGE.parent.parent / "docs" / "methods"
 WIDTH = 100
+LIST_HINT = "retain list NAME: the arguments of one, with their defaults and meanings"
 
 Rows = list[tuple[str, str]]
 
@@ -161,6 +162,7 @@ def format_listing(sections: list[tuple[str, Rows]]) -> str:
         lines.append(f"{title}:")
         width = max(len(name) for name, _ in rows)
         lines += [f"  {name:<{width}}  {doc}".rstrip() for name, doc in rows]
+    lines += ["", LIST_HINT]
     return "\n".join(lines)
 
 
@@ -328,7 +330,8 @@ def config_keys() -> str:
     fields = sorted(dataclasses.fields(RunConfig), key=lambda f: f.name in training)
     rows = [(f.name, show_default(_default(f)), argument_meaning(f.name, docs)) for f in fields]
     head = "config keys (--set KEY=VALUE, or KEY: VALUE in a --config YAML file):"
-    return "\n".join([head, *_table(rows)])
+    tail = "the arguments of a method, benchmark or model (method_args.NAME, ...): retain list NAME"
+    return "\n".join([head, *_table(rows), "", tail])
 
 
 def _default(f: dataclasses.Field) -> object:

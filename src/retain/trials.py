@@ -24,6 +24,9 @@ from typing import Any
 import yaml
 
 from retain.engine import runio
+from retain.engine.runio import FolderBusy as FolderBusy  # the lock of a run folder
+from retain.engine.runio import folder_lock as folder_lock
+from retain.engine.runio import lock_path as lock_path
 from retain.engine.trainer import DIVERGED as DIVERGED_FILE
 from retain.engine.trainer import Diverged
 from retain.experiment import RunConfig
@@ -182,40 +185,6 @@ def execute(
     if writer:
         method.write_artifacts(run_dir)
     return result
-
-
-class FolderBusy(Exception):
-    """Another process holds the lock of a run folder (:func:`folder_lock`)."""
-
-
-def lock_path(run_dir: Path) -> Path:
-    """``.<name>.lock`` beside ``run_dir`` (resolved, so that every spelling of a folder
-    names one lock): outside the folder, so that taking it writes nothing into the folder."""
-    run_dir = Path(run_dir).resolve()
-    return run_dir.parent / f".{run_dir.name}.lock"
-
-
-@contextmanager
-def folder_lock(path: Path, blocking: bool = True) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the file ``path`` (created if missing). ``blocking``:
-    wait for it; else raise :class:`FolderBusy` at once. The operating system releases the
-    lock when its holder dies (a SIGKILL leaves no stale lock). No-op without ``fcntl``."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise FolderBusy(str(path)) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

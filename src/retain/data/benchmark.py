@@ -91,12 +91,17 @@ class Benchmark:
         tasks: the tasks in training order.
         input_shape: shape of one input, e.g. ``(1, 28, 28)`` or ``(784,)``.
         info: free-form facts about how it was built (seed, class order, permutation policy).
+        built_by: set by :func:`~retain.data.get_benchmark` only: ``{"name", "args" (the
+            keyword arguments given, as plain values), "n_tasks"}``, what a run folder's
+            ``config.yaml`` records (:func:`retain.fit`); ``None`` for a benchmark built any
+            other way (a copy with ``dataclasses.replace`` too).
     """
 
     name: str
     tasks: list[Task]
     input_shape: tuple[int, ...]
     info: dict = field(default_factory=dict)
+    built_by: dict | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -139,6 +139,8 @@ def get_benchmark(name: str, **kwargs: object) -> Benchmark:
     bench.info.setdefault("benchmark", name)
     arguments = {**benchmark_parameters(name), **kwargs}
     bench.info.setdefault("arguments", {k: _plain(v) for k, v in arguments.items()})
+    given = {k: _plain(v) for k, v in kwargs.items()}
+    bench.built_by = {"name": name, "args": given, "n_tasks": bench.n_tasks}
     return bench
 
 

@@ -6,6 +6,7 @@ a run killed at any moment leaves either the previous complete file or the new o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,10 @@ EVENTS = "events.jsonl"
 CHECKPOINT = "checkpoint.pt"
 ENVIRONMENT = "environment.json"
 TIMINGS = "timings.json"
+#: the key of ``config.yaml`` listing the parts of a run that :func:`retain.fit` got as Python
+#: objects of one's own (``{"model": "mypackage.Net"}``): ``retain run --resume`` cannot
+#: rebuild them, ``retain.fit(..., resume=True)`` continues the run
+OWN_OBJECTS = "own_objects"
 
 
 def _umask() -> int:
@@ -439,3 +445,83 @@ def environment(seed: int, threads: int) -> dict:
         "processes": distributed.requested_world_size(),
         "git_commit": git_commit(),
     }
+
+
+# ---------------------------------------------------------------------- starting a run folder
+#: the files whose presence means a folder already holds a run: a new run refuses it
+RUN_MARKERS = (CONFIG, METRICS, CHECKPOINT)
+
+
+class RunFolderError(ValueError):
+    """A folder a run cannot be started in, in one line: it already holds a run, is not a
+    folder, cannot be written, or another process writes it (its lock is held). Raised
+    before anything is written into the folder."""
+
+
+class FolderBusy(Exception):
+    """Another process holds the lock of a run folder (:func:`folder_lock`)."""
+
+
+def lock_path(run_dir: Path) -> Path:
+    """``.<name>.lock`` beside ``run_dir`` (resolved, so that every spelling of a folder
+    names one lock): outside the folder, so that taking it writes nothing into the folder."""
+    run_dir = Path(run_dir).resolve()
+    return run_dir.parent / f".{run_dir.name}.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(path: Path, blocking: bool = True) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the file ``path`` (created if missing). ``blocking``:
+    wait for it; else raise :class:`FolderBusy` at once. The operating system releases the
+    lock when its holder dies (a SIGKILL leaves no stale lock). No-op without ``fcntl``."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX if blocking else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise FolderBusy(str(path)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def claim_run_dir(held: contextlib.ExitStack, run_dir: Path, option: str = "run_dir") -> None:
+    """Take ``run_dir``'s lock (:func:`lock_path`; the one ``retain run``, ``compare`` and
+    ``sweep`` take) into ``held``, before anything is written; :class:`RunFolderError` if
+    another process holds it. ``option`` names the argument to change in the message
+    (``--out`` for the command line, ``run_dir`` for :func:`retain.fit`)."""
+    try:
+        held.enter_context(folder_lock(lock_path(run_dir), blocking=False))
+    except FolderBusy:
+        raise RunFolderError(
+            f"{str(run_dir)!r} is in use by another retain process (its lock "
+            f"{lock_path(run_dir).name} is held); wait for it to end or use another {option}"
+        ) from None
+    except OSError as e:
+        raise RunFolderError(f"cannot write beside {str(run_dir)!r}: {e.strerror}") from None
+
+
+def check_new_run_dir(run_dir: Path, option: str, resume: str) -> None:
+    """Refuse (:class:`RunFolderError`, writing nothing) to start a new run in ``run_dir``
+    when it is not a folder, cannot be written (tried, then undone), or already holds a run
+    (any of :data:`RUN_MARKERS`). ``option`` names the folder's argument and ``resume`` the
+    way to continue the run there, in the messages: ``retain run`` passes ``--out`` and
+    ``--resume DIR``, :func:`retain.fit` ``run_dir`` and ``resume=True``."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{option} {str(run_dir)!r} exists and is not a folder")
+    try:
+        check_writable(run_dir)
+    except RunFileError as e:
+        raise RunFolderError(f"{option}: {e}") from None
+    if run_dir.is_dir() and any((run_dir / f).exists() for f in RUN_MARKERS):
+        raise RunFolderError(
+            f"{str(run_dir)!r} already holds a run; use {resume} or another {option}"
+        )

@@ -192,7 +192,8 @@ def _set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
 
 
 def _fit_config(config: TrainConfig, seed: int, method: Method, benchmark: Benchmark) -> dict:
-    """What :func:`fit` knows of a run's config when it is given no ``run_config``."""
+    """The config earlier versions of :func:`fit` stored in a checkpoint when given no
+    ``run_config`` (such a checkpoint still resumes)."""
     return {
         "method": method.name,
         "benchmark": benchmark.name,
@@ -200,6 +201,188 @@ def _fit_config(config: TrainConfig, seed: int, method: Method, benchmark: Bench
         "seed": seed,
         **asdict(config),
     }
+
+
+_NOT_PLAIN = object()
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a config holds it (tuples as lists, paths as strings), or
+    ``_NOT_PLAIN`` when it holds anything but numbers, strings, booleans, None, lists and
+    mappings with string keys (a module, a tensor, a method)."""
+    import os
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else _NOT_PLAIN
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v) for v in value]
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in items) else items
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        plain = {k: _plain(v) for k, v in value.items()}
+        return _NOT_PLAIN if any(v is _NOT_PLAIN for v in plain.values()) else plain
+    return _NOT_PLAIN
+
+
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _method_args(method: Method) -> dict[str, Any] | None:
+    """The method's arguments as a config holds them when it is a registered method
+    (:meth:`Method.hyperparameters`), else None."""
+    from retain.methods import REGISTRY
+
+    given = method.hyperparameters()
+    if REGISTRY.get(method.name) is not type(method) or given is None:
+        return None
+    args = _plain(given)
+    return None if args is _NOT_PLAIN else args
+
+
+def _benchmark_args(benchmark: Benchmark) -> dict[str, Any] | None:
+    """The arguments ``get_benchmark`` was given for ``benchmark`` (``Benchmark.built_by``),
+    None for a benchmark built otherwise (or changed since: another name, other tasks)."""
+    from retain.data.benchmarks import BENCHMARKS
+
+    built = getattr(benchmark, "built_by", None)
+    if not isinstance(built, dict) or built.get("name") not in BENCHMARKS:
+        return None
+    if built["name"] != benchmark.name or built.get("n_tasks") != benchmark.n_tasks:
+        return None
+    args = _plain(built.get("args"))
+    return None if args is _NOT_PLAIN or not isinstance(args, dict) else args
+
+
+def _model_recipe(model: nn.Module, benchmark: Benchmark) -> tuple[str, dict, str, str | None]:
+    """``(model, model_args, head, own)`` of a config for ``model``: from ``build_model``'s
+    record (``model.built_by``) when it built this model for this benchmark's shapes with the
+    arguments ``retain run`` can pass (``own`` None); else the class of the module of one's own
+    (the backbone of a ContinualModel), no arguments, and its class path as ``own``."""
+    from retain.models.registry import MODELS
+
+    built = getattr(model, "built_by", None)
+    head = str(getattr(model, "head_layout", "task"))
+    if (
+        type(model) is ContinualModel
+        and isinstance(built, dict)
+        and built.get("name") in MODELS
+        and built.get("head_bias") is True
+        and built.get("head") == head
+        and tuple(built.get("input_shape", ())) == tuple(benchmark.input_shape)
+        and list(built.get("classes_per_task", [])) == benchmark.classes_per_task
+    ):
+        args = _plain(built.get("args"))
+        if args is not _NOT_PLAIN and isinstance(args, dict):
+            return built["name"], args, head, None
+    own = type(model.backbone) if isinstance(model, ContinualModel) else type(model)
+    return own.__name__, {}, head, _class_path(own)
+
+
+def describe_run(
+    model: nn.Module, benchmark: Benchmark, method: Method, config: TrainConfig, seed: int
+) -> dict[str, Any]:
+    """The config of a :func:`fit` run as ``retain run`` writes it to ``config.yaml``
+    (``RunConfig.to_dict()``, the same keys in the same order): the names and arguments of the
+    method (registered: :func:`~retain.methods.make_method` or its class, e.g.
+    ``EWC(lamb=5)``), the benchmark (:func:`~retain.data.get_benchmark`) and the model
+    (:func:`~retain.models.build_model`), the training settings, the seed and torch's number
+    of threads.
+
+    A part that is a Python object of one's own (a module, a method class or a benchmark built
+    otherwise, or arguments that are not plain values) gets its class name (the benchmark: its
+    name) and no arguments, and is listed under :data:`~retain.engine.runio.OWN_OBJECTS`
+    (``{"model": "mypackage.Net"}``): ``retain run --resume`` refuses such a folder (it cannot
+    rebuild the object), ``fit(..., resume=True)`` continues it."""
+    from retain.experiment import RunConfig
+
+    own: dict[str, str] = {}
+    method_args = _method_args(method)
+    if method_args is None:
+        own["method"] = _class_path(type(method))
+    benchmark_args = _benchmark_args(benchmark)
+    if benchmark_args is None:
+        own["benchmark"] = benchmark.name
+    model_name, model_args, head, own_model = _model_recipe(model, benchmark)
+    if own_model is not None:
+        own["model"] = own_model
+    train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
+    described = RunConfig(
+        **train,
+        method=method.name,
+        method_args=method_args or {},
+        benchmark=benchmark.name,
+        benchmark_args=benchmark_args or {},
+        model=model_name,
+        model_args=model_args,
+        head=head,
+        seed=seed,
+        threads=torch.get_num_threads(),
+    ).to_dict()
+    if own:
+        described[runio.OWN_OBJECTS] = {
+            k: own[k] for k in ("method", "benchmark", "model") if k in own
+        }
+    return described
+
+
+def _resume_difference(
+    trained: Any, run_config: dict[str, Any], legacy: dict[str, Any] | None
+) -> str | None:
+    """How the config a checkpoint was trained with differs from ``run_config``
+    (:func:`runio.config_difference`). ``legacy`` (a run :func:`fit` described itself, not
+    ``retain run``): its threads and the classes of its own objects may differ
+    (:func:`_settings`), and a checkpoint of an earlier version storing ``legacy``
+    (:func:`_fit_config`) resumes too."""
+    differs = runio.config_difference(trained, run_config)
+    if differs is None or legacy is None or not isinstance(trained, dict):
+        return differs
+    if runio.config_difference(trained, legacy) is None:
+        return None
+    return runio.config_difference(_settings(trained), _settings(run_config))
+
+
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    """A config :func:`fit` described, less what a resume from Python may change: torch's
+    threads, and the classes of the objects of one's own (their module may move)."""
+    return {k: v for k, v in config.items() if k not in ("threads", runio.OWN_OBJECTS)}
+
+
+def _restarts(run_path: Path, run_config: dict[str, Any]) -> bool:
+    """``fit(resume=True)`` in a folder with no checkpoint: True (start again from the
+    beginning, saying so) when its ``config.yaml`` describes this run (stopped before its
+    first checkpoint); the folder refused (:class:`~retain.engine.runio.RunFolderError`)
+    when it holds results without a checkpoint or another run's config;
+    ``FileNotFoundError`` when it holds no run."""
+    if (run_path / runio.METRICS).is_file():
+        raise runio.RunFolderError(
+            f"cannot resume: {str(run_path)!r} holds {runio.METRICS} but no "
+            f"{runio.CHECKPOINT}; move the folder away or use another run_dir"
+        )
+    cfg = run_path / runio.CONFIG
+    if not cfg.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume in {run_path}")
+    import yaml
+
+    try:
+        stored = yaml.safe_load(cfg.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise runio.RunFolderError(f"cannot resume: {cfg} is unreadable; use another run_dir")
+    differs = runio.config_difference(_settings(stored), _settings(run_config), "asked")
+    if differs is not None:
+        differs = differs.replace(" in the checkpoint,", " there,")
+        raise runio.RunFolderError(
+            f"cannot resume: {cfg} holds the config of another run ({differs}); use another run_dir"
+        )
+    runio._warn(
+        f"{run_path} was stopped before its first checkpoint; starting it again from the beginning"
+    )
+    return True
 
 
 def seed_everything(seed: int) -> None:
@@ -526,7 +709,37 @@ def _reports_interrupts(fn):
     return wrapper
 
 
+def _holds_run_folder(fn):
+    """``fn`` (:func:`fit`) holding its ``run_dir`` when it owns it (given no ``run_config``,
+    as from Python: ``retain run`` and the trials of ``compare`` and ``sweep`` take and check
+    the folder themselves): the folder's lock (:func:`runio.claim_run_dir`, the one
+    ``retain run`` takes) until it returns, and a new run (no ``resume``) refused in a folder
+    that already holds one (:func:`runio.check_new_run_dir`), both before anything is
+    written. Data-parallel, process 0 alone does this (the others write nothing)."""
+    import contextlib
+    import inspect
+
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        given = signature.bind(*args, **kwargs).arguments
+        run_dir = given.get("run_dir")
+        if run_dir is None or given.get("run_config") is not None:
+            return fn(*args, **kwargs)
+        if distributed.launched_rank() != 0:
+            return fn(*args, **kwargs)
+        with contextlib.ExitStack() as held:
+            runio.claim_run_dir(held, Path(run_dir), option="run_dir")
+            if not given.get("resume", False):
+                runio.check_new_run_dir(Path(run_dir), "run_dir", "resume=True to continue it")
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 @_reports_interrupts
+@_holds_run_folder
 def fit(
     model: nn.Module,
     benchmark: Benchmark,
@@ -610,8 +823,12 @@ def fit(
     agnostic = AccuracyMatrix(benchmark.n_tasks)
     result = RunResult(aware, agnostic, run_path)
     start_task, resume_mid = 0, None
+    legacy = None  # given no run_config: fit describes the run and writes its config.yaml
     if run_config is None:
-        run_config = _fit_config(config, seed, method, benchmark)
+        legacy = _fit_config(config, seed, method, benchmark)
+        run_config = describe_run(model, benchmark, method, config, seed)
+        if resume and run_path is not None and not (run_path / runio.CHECKPOINT).exists():
+            resume = not _restarts(run_path, run_config)
 
     def checkpoint(task_done: bool, task_index: int, **mid: Any) -> None:
         if out_path is None:
@@ -635,7 +852,7 @@ def fit(
         if run_path is None or not (run_path / runio.CHECKPOINT).exists():
             raise FileNotFoundError(f"no checkpoint to resume in {run_path}")
         state = runio.load_torch(run_path / runio.CHECKPOINT)
-        differs = runio.config_difference(state.get("config"), run_config)
+        differs = _resume_difference(state.get("config"), run_config, legacy)
         if differs is not None:
             raise runio.CheckpointError(
                 f"{run_path / runio.CHECKPOINT} was trained with another config ({differs})"
@@ -667,6 +884,8 @@ def fit(
 
     if out_path is not None:
         out_path.mkdir(parents=True, exist_ok=True)
+        if legacy is not None:
+            _write_run_files(out_path, run_config, seed, resume)
     if aware.initial is None:
         init_aw, init_ag = trainer.evaluate_all(trained=0)
         aware.set_initial(init_aw)
@@ -710,6 +929,19 @@ def fit(
 
 def _epoch(state: dict[str, Any]) -> dict[str, Any]:
     return {"epoch": state["epoch"]} if "epoch" in state else {}
+
+
+def _write_run_files(out_path: Path, run_config: dict[str, Any], seed: int, resume: bool) -> None:
+    """What ``retain run`` writes into a run folder before training, for a run :func:`fit`
+    described itself: ``config.yaml`` and ``environment.json`` (when starting, or missing in
+    a folder written by an earlier version); a killed writer's temporaries removed (the
+    folder's lock is held)."""
+    runio.remove_stale_temps(out_path)
+    if not resume or not (out_path / runio.CONFIG).exists():
+        runio.write_yaml(out_path / runio.CONFIG, run_config)
+    if not resume or not (out_path / runio.ENVIRONMENT).exists():
+        threads = run_config.get("threads", torch.get_num_threads())
+        runio.write_json(out_path / runio.ENVIRONMENT, runio.environment(seed, threads))
 
 
 def _write_results(out_path: Path, result: RunResult) -> None:

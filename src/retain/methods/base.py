@@ -254,6 +254,19 @@ class Method:
         if "setup" in cls.__dict__:  # every override checks its model and info first
             cls.setup = _checked_setup(cls.__dict__["setup"])  # type: ignore[method-assign]
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Method:
+        self = super().__new__(cls)
+        self._hyperparameters = _given_arguments(cls, args, kwargs)
+        return self
+
+    def hyperparameters(self) -> dict[str, Any] | None:
+        """The arguments this method was constructed with, by name (positional ones too), as
+        given (defaults not given are not included): what a run folder's ``config.yaml``
+        records as ``method_args`` (:func:`retain.fit`), whether the method was made by
+        :func:`~retain.methods.make_method` or directly (``EWC(lamb=5)``). ``None`` when they
+        cannot be named (a constructor taking ``*args``)."""
+        given = self.__dict__.get("_hyperparameters")
+        return None if given is None else dict(given)
 
     def __init__(self, loss_heads: str = "task") -> None:
         if loss_heads not in LOSS_HEADS:
@@ -434,6 +447,31 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.current_task = state["current_task"]
+
+
+def _given_arguments(cls: type, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """``cls(*args, **kwargs)``'s arguments by the names of ``cls.__init__``'s parameters
+    (``**kwargs`` of its own flattened); None when they cannot be bound (the constructor
+    raises its own error) or a ``*args`` parameter took some."""
+    import inspect
+
+    try:
+        bound = inspect.signature(cls.__init__).bind(None, *args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    out: dict[str, Any] = {}
+    for i, (name, value) in enumerate(bound.arguments.items()):
+        kind = bound.signature.parameters[name].kind
+        if i == 0:  # self
+            continue
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                return None
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        else:
+            out[name] = value
+    return out
 
 
 REGISTRY: dict[str, type[Method]] = {}

@@ -143,9 +143,23 @@ def build_model(
     head_bias: bool = True,
     **kwargs: Any,
 ) -> ContinualModel:
-    """``ContinualModel(build_backbone(name, input_shape, **kwargs), classes_per_task, head)``."""
+    """``ContinualModel(build_backbone(name, input_shape, **kwargs), classes_per_task, head)``.
+
+    The model records how it was built in ``model.built_by`` (``{"name", "args", "head",
+    "head_bias", "input_shape", "classes_per_task"}``, the arguments as given): what a run
+    folder's ``config.yaml`` records (:func:`retain.fit`)."""
     backbone = build_backbone(name, input_shape, **kwargs)
-    return ContinualModel(backbone, classes_per_task, head=head, head_bias=head_bias)
+    model = ContinualModel(backbone, classes_per_task, head=head, head_bias=head_bias)
+    shape = (input_shape,) if isinstance(input_shape, int) else input_shape
+    model.built_by = {
+        "name": name,
+        "args": dict(kwargs),
+        "head": head,
+        "head_bias": head_bias,
+        "input_shape": tuple(int(s) for s in shape),
+        "classes_per_task": [int(c) for c in classes_per_task],
+    }
+    return model
 
 
 def _builder(name: str) -> BackboneBuilder:

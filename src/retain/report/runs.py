@@ -1,7 +1,8 @@
 """Find and load run folders for reports, skipping the ones that cannot be trusted.
 
-A folder is a *run folder* when it holds any of the files :func:`retain.fit` writes
-(``config.yaml``, ``metrics.json``, ``checkpoint.pt``, ``events.jsonl``). Folders that hold none
+A folder is a *run folder* when it holds any of the files :func:`retain.fit` and
+``retain run`` write (``config.yaml``, ``metrics.json``, ``checkpoint.pt``, ``events.jsonl``;
+the same files, in the same format, whichever wrote them). Folders that hold none
 are searched for run folders below them (sweeps and ``retain compare`` nest them one level
 down). A run folder enters a report only when it is finished and readable: its
 ``config.yaml`` names a benchmark and a method, and its ``metrics.json`` holds both accuracy
@@ -180,7 +181,7 @@ def load_run(run: Path) -> RunRecord:
         if aware.trained < aware.n_tasks:
             raise _Unusable(
                 f"unfinished: {aware.trained} of {aware.n_tasks} tasks done "
-                f"(continue it with `retain run --resume {run}`)"
+                f"(continue it with {_resume_hint(run, config)})"
             )
         if agnostic.trained != aware.trained or agnostic.n_tasks != aware.n_tasks:
             raise _Unusable(f"{runio.METRICS}: the two matrices disagree in size")
@@ -195,6 +196,14 @@ def load_run(run: Path) -> RunRecord:
         )
     except _Unusable as e:
         raise ValueError(str(e)) from None
+
+
+def _resume_hint(run: Path, config: dict[str, Any]) -> str:
+    """How to continue an unfinished run: ``retain run --resume``, or from Python for a run
+    of objects of one's own (``own_objects``, written by :func:`retain.fit`)."""
+    if config.get(runio.OWN_OBJECTS):
+        return f"retain.fit(..., run_dir={str(run)!r}, resume=True)"
+    return f"`retain run --resume {run}`"
 
 
 def collect(paths: list[Path]) -> Collection:
