@@ -72,7 +72,7 @@ def test_list_prints_the_registries(capsys):
     assert capsys.readouterr().out == expected + "\n"
     assert "  ewc  " in expected and "  split-fmnist  " in expected and "  mlp  " in expected
     assert expected.endswith(
-        "\nretain list NAME: the arguments of one, with their defaults and meanings"
+        "\n\nretain list NAME: the arguments of one, with their defaults and meanings"
     )
 
 
