@@ -34,8 +34,9 @@ data:
 # (WSN, SPG) on split MNIST-5k, 3 seeds; about a minute on one core. Run it again: finished
 # trials are skipped. Table on stdout, report in runs/quickstart/report/.
 QUICK_NOTE := Reduced setting for a quick look: 3 epochs per task on 800 training images per task, \
-  MLP 400-400, 3 seeds, default method settings (WSN with Adam 1e-3 as in its paper). The papers \
-  train longer on full datasets; docs/RESULTS.md has the measured tables.
+  MLP 400-400, 3 seeds, default method settings (WSN with Adam 1e-3 as in its paper), every method \
+  that takes loss_heads trained on all classes seen (compare's --protocol seen). The papers train \
+  longer on full datasets; docs/RESULTS.md has the measured tables.
 run: setup
 	$(VENV)/bin/retain compare --benchmark split-mnist5k --methods finetune,ewc,er,wsn,spg \
 	  --seeds 3 --epochs 3 --set batch_size=32 --set lr=0.05 \
