@@ -202,6 +202,28 @@ def test_method_arguments_are_recorded_however_it_was_made(method):
     assert described["seed"] == 3 and runio.OWN_OBJECTS not in described
 
 
+@pytest.mark.parametrize(
+    "settings", [{}, {"augment": {"flip": True}, "amp": "bf16", "lr_milestones": [2]}]
+)
+def test_the_description_has_run_configs_keys_in_its_order(settings):
+    """describe_run builds RunConfig.to_dict()'s dict itself (the engine does not import the
+    experiment layer): the same keys, order and values, later fields left out at defaults."""
+    bench = _bench()
+    train = retain.TrainConfig(**settings)
+    described = trainer.describe_run(_model(bench), bench, EWC(lamb=5), train, 7)
+    expected = RunConfig(
+        **{f: getattr(train, f) for f in retain.TrainConfig.__dataclass_fields__},
+        method="ewc",
+        method_args={"lamb": 5},
+        benchmark="split-digits",
+        benchmark_args={"n_tasks": 2},
+        model_args={"hidden": [32]},
+        seed=7,
+        threads=torch.get_num_threads(),
+    ).to_dict()
+    assert list(described.items()) == list(expected.items())
+
+
 def test_objects_of_ones_own_are_marked_and_the_rest_is_a_valid_run_config(tmp_path):
     bench = blobs(n_tasks=2)  # built by hand, not by get_benchmark
     run = tmp_path / "run"

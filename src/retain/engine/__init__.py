@@ -1,5 +1,6 @@
 """The engine: :func:`fit` runs a method over a benchmark's tasks."""
 
+from retain.engine.runio import CheckpointError, RunFolderError
 from retain.engine.trainer import (
     DIVERGED,
     Diverged,
@@ -13,7 +14,9 @@ from retain.engine.trainer import (
 
 __all__ = [
     "DIVERGED",
+    "CheckpointError",
     "Diverged",
+    "RunFolderError",
     "RunResult",
     "SetupError",
     "TrainConfig",

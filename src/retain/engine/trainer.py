@@ -282,6 +282,13 @@ def _model_recipe(model: nn.Module, benchmark: Benchmark) -> tuple[str, dict, st
     return own.__name__, {}, head, _class_path(own)
 
 
+#: the fields of :class:`TrainConfig` that ``RunConfig.to_dict`` leaves out at these defaults
+#: (``retain.experiment.LATER_DEFAULTS``; not imported: the engine does not import the
+#: experiment layer, which imports it; the keys and order of :func:`describe_run` are checked
+#: against ``RunConfig.to_dict`` by the tests)
+_LATER_TRAIN_DEFAULTS: dict[str, Any] = {"augment": {}, "device": "cpu", "amp": "off"}
+
+
 def describe_run(
     model: nn.Module, benchmark: Benchmark, method: Method, config: TrainConfig, seed: int
 ) -> dict[str, Any]:
@@ -297,8 +304,6 @@ def describe_run(
     name) and no arguments, and is listed under :data:`~retain.engine.runio.OWN_OBJECTS`
     (``{"model": "mypackage.Net"}``): ``retain run --resume`` refuses such a folder (it cannot
     rebuild the object), ``fit(..., resume=True)`` continues it."""
-    from retain.experiment import RunConfig
-
     own: dict[str, str] = {}
     method_args = _method_args(method)
     if method_args is None:
@@ -310,18 +315,21 @@ def describe_run(
     if own_model is not None:
         own["model"] = own_model
     train = {f.name: getattr(config, f.name) for f in dataclasses.fields(TrainConfig)}
-    described = RunConfig(
+    described = {
         **train,
-        method=method.name,
-        method_args=method_args or {},
-        benchmark=benchmark.name,
-        benchmark_args=benchmark_args or {},
-        model=model_name,
-        model_args=model_args,
-        head=head,
-        seed=seed,
-        threads=torch.get_num_threads(),
-    ).to_dict()
+        "method": method.name,
+        "method_args": method_args or {},
+        "benchmark": benchmark.name,
+        "benchmark_args": benchmark_args or {},
+        "model": model_name,
+        "model_args": model_args,
+        "head": head,
+        "seed": seed,
+        "threads": torch.get_num_threads(),
+    }
+    for key, default in _LATER_TRAIN_DEFAULTS.items():  # as RunConfig.to_dict leaves them out
+        if described[key] == default:
+            del described[key]
     if own:
         described[runio.OWN_OBJECTS] = {
             k: own[k] for k in ("method", "benchmark", "model") if k in own
@@ -769,19 +777,30 @@ def fit(
             (``fit(..., epochs=5, lr=0.1)``).
         seed: seeds the batch order and the global RNGs (dropout, sampling in methods).
             Build the model after seeding (``retain.seed_everything``) to fix its init too.
-        run_dir: if given, write ``metrics.json``, ``events.jsonl``, ``checkpoint.pt``,
-            ``timings.json`` there (atomically), checkpointing at every task boundary.
+        run_dir: if given, a run folder as ``retain run`` writes it: ``config.yaml`` and
+            ``environment.json`` first (the format of ``retain run``, :func:`describe_run`),
+            then ``metrics.json``, ``events.jsonl``, ``checkpoint.pt``, ``timings.json``
+            (atomically), checkpointing at every task boundary. ``retain report`` reads it,
+            ``retain run --resume`` continues it (not when the model, benchmark or method is
+            an object of one's own: resume it here). The folder's lock (``.<name>.lock``
+            beside it, the one ``retain run`` takes) is held until ``fit`` returns.
         resume: continue from ``run_dir/checkpoint.pt``; refused
             (:class:`~retain.engine.runio.CheckpointError`) if the checkpoint is damaged or was
-            trained with another config.
+            trained with another config. A folder stopped before its first checkpoint (its
+            ``config.yaml`` this run's) starts again from the beginning.
         progress: show a tqdm bar (default: only when stderr is a terminal).
         on_task_end: optional callback ``(task_index, RunResult)`` after each task.
         run_config: the run's whole config as a plain dict (``RunConfig.to_dict()``, as
-            ``retain run`` passes it), stored in every checkpoint and compared on resume.
-            Default: what ``fit`` knows (the method's and benchmark's names, the number of
-            tasks, the seed and the training settings).
+            ``retain run`` passes it), stored in every checkpoint and compared on resume; a
+            caller passing it owns ``run_dir`` (``retain run`` and the trials of ``compare``
+            and ``sweep`` write its ``config.yaml``, lock and check it). Default:
+            :func:`describe_run`, and ``fit`` locks, checks and writes the folder itself.
 
     Raises:
+        RunFolderError: (a ``ValueError``, before anything is written) ``run_dir`` already
+            holds a run (``config.yaml``, ``metrics.json`` or ``checkpoint.pt``) and
+            ``resume`` is not set, is not a folder, cannot be written, or another process
+            holds its lock.
         Diverged: a non-finite training loss or non-finite weights (checked at every epoch's
             end, :meth:`Trainer.run_epoch`); ``run_dir`` then holds :data:`DIVERGED`, and
             its ``metrics.json`` the rows of the tasks before.
