@@ -111,6 +111,22 @@ def test_a_set_loss_heads_wins_over_the_protocol(tmp_path, capsys):
     assert "er (seen)" in captured.err
 
 
+def test_a_config_file_s_loss_heads_wins_over_the_protocol(tmp_path):
+    from retain.experiment import resolve
+
+    def make(file):
+        return lambda extra: resolve(
+            file, {"benchmark": "split-digits"}, [], axes=[("option", {"method": "er"})],
+            overrides=list(extra),
+        )  # fmt: skip
+
+    config = tmp_path / "c.yaml"
+    config.write_text("method_args: {loss_heads: task}\n")
+    assert cli._under_protocol(make(str(config)), "seen").method_args == {"loss_heads": "task"}
+    assert cli._under_protocol(make(None), "task").method_args == {"loss_heads": "task"}
+    assert cli._under_protocol(make(None), "own").method_args == {}
+
+
 def test_scrollnet_follows_the_protocol_through_its_base(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", *FAST, "--methods", "scrollnet", "--out", str(out)]
@@ -150,13 +166,25 @@ def test_an_unknown_protocol_is_refused_with_exit_2(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_sweep_keeps_each_method_s_heads_and_labels_its_rows(tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    data = {"seeds": 1, "set": {"batch_size": 32}, "benchmarks": ["split-digits"]}
+    spec.write_text(yaml.safe_dump({**data, "methods": ["finetune", "er"]}))
+    out = tmp_path / "out"
+    assert main(["sweep", str(spec), "--workers", "1", "--out", str(out)]) == 0
+    captured = capsys.readouterr().out
+    assert all("loss_heads" not in c["method_args"] for c in _configs(out).values())
+    assert _row(captured, "finetune")[2] == "task" and _row(captured, "er")[2] == "seen"
+    assert "Rows differ in heads (task: finetune; seen: er)" in captured
+
+
 # ---------------------------------------------------------------------------- tables
 def _table(root: Path):
     (table,) = build_tables(collect([root]).runs)
     return table
 
 
-def test_the_heads_column_and_note_in_markdown_and_html(tmp_path):
+def test_the_heads_column_and_note_in_markdown_and_html(tmp_path, capsys):
     root = tmp_path / "runs"
     write_run(root / "ft", "finetune", 0, ROWS, ROWS)
     write_run(root / "er", "er", 0, ROWS, ROWS)
@@ -168,6 +196,8 @@ def test_the_heads_column_and_note_in_markdown_and_html(tmp_path):
     assert "<th>heads</th>" in html and "<td>seen</td>" in html
     note = "Rows differ in heads (seen: er; task: finetune; n/a: not-registered-here)"
     assert note in md and note in html
+    assert main(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
+    assert note in capsys.readouterr().out  # printed under the table too
 
 
 def test_only_acc_is_ranked_and_not_across_different_heads(tmp_path):
