@@ -169,6 +169,8 @@ def test_only_process_zero_writes_and_the_run_resumes_alone(two_processes):
     assert len(events) == 3 * 3  # one line per epoch, not one per process
     assert sorted(p.name for p in run.iterdir()) == [
         "checkpoint.pt",
+        "config.yaml",  # fit writes the run folder retain run writes
+        "environment.json",
         "events.jsonl",
         "metrics.json",
         "timings.json",
