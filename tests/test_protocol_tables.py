@@ -287,3 +287,17 @@ def test_layers_have_one_name_in_every_report(tmp_path, capsys):
     rows = [{"benchmark": "b", "method": "m", "runs": [{"extra": {"capacity": cap2}}]}]
     table = mask_report.layer_table(rows)
     assert "| b | m | layers.0 | 50.0 |" in table and "backbone." not in table
+
+
+def test_long_labels_keep_each_legend_under_its_panel(tmp_path):
+    root = tmp_path / "runs"
+    for name in ("finetune", "ewc", "er", "spg"):
+        write_run(root / name, name, 0, ROWS, ROWS, lr=0.05, optimizer="sgd")
+    write_run(root / "wsn", "wsn", 0, ROWS, lr=0.001, optimizer="adam")
+    fig = accuracy_figure(_table(root))
+    fig.draw_without_rendering()
+    for ax in fig.axes:
+        panel, legend = ax.get_window_extent(), ax.get_legend().get_window_extent()
+        assert panel.width > 0.3 * fig.bbox.width  # not squeezed by its legend
+        assert legend.width <= 1.1 * panel.width
+    assert fig.axes[1].texts[0].get_window_extent().x1 <= fig.axes[1].get_window_extent().x1

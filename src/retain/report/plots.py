@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import statistics
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,19 @@ def _subplots(n: int, width: float, height: float, layout: str = "tight"):
 ACC_LIMITS = (0.0, 100.0)
 
 
+#: characters of legend text that fit under one panel (5.2 inches at font size 8), and of a
+#: panel's note per line
+PANEL_CHARS = 84
+NOTE_WIDTH = 60
+
+
+def legend_columns(labels: list[str]) -> int:
+    """Columns of a panel's legend: up to 3, as many as the longest label lets fit under the
+    panel (a legend wider than its panel would squeeze the panels)."""
+    widest = max((len(label) for label in labels), default=1) + 6  # the line sample, the gap
+    return max(1, min(3, PANEL_CHARS // widest))
+
+
 def _not_shown(table: Table, setting: str) -> list[str]:
     """Labels of the trained groups without numbers in ``setting`` (task-aware-only methods
     in the task-agnostic panel); diverged groups are in none and noted by the table."""
@@ -63,7 +77,8 @@ def accuracy_figure(table: Table) -> Figure:
     """Average accuracy after each task, one line per group, a panel per setting; each panel
     has its own legend (the groups it draws) and a note naming the groups it leaves out."""
     settings = [s for s in SETTINGS if any(g.has_setting(s) for g in table.groups)]
-    rows = -(-len(table.groups) // 3)  # legend rows below each panel
+    ncol = legend_columns([g.label for g in table.groups])
+    rows = -(-len(table.groups) // ncol)  # legend rows below each panel
     fig, axes = _subplots(
         len(settings), 5.2 * len(settings), 3.8 + 0.25 * rows, layout="constrained"
     )
@@ -89,7 +104,7 @@ def accuracy_figure(table: Table) -> Figure:
             ax.text(
                 0.02,
                 0.03,
-                note,
+                textwrap.fill(note, NOTE_WIDTH),
                 transform=ax.transAxes,
                 fontsize=8,
                 va="bottom",
@@ -99,7 +114,7 @@ def accuracy_figure(table: Table) -> Figure:
         ax.legend(
             loc="upper center",
             bbox_to_anchor=(0.5, -0.16),
-            ncol=min(3, len(labels)),
+            ncol=max(1, min(ncol, len(labels))),
             fontsize=8,
             frameon=False,
         )
