@@ -18,7 +18,7 @@ import torch
 from retain.cli import main
 from retain.engine import fit, runio
 from retain.methods import REGISTRY
-from tests.test_cli import FAST, _error_line
+from tests.test_cli import FAST, RUN, _error_line
 from tests.test_contract import _bench, _fit_args, _kill_after, _method, _model
 
 
@@ -26,7 +26,7 @@ from tests.test_contract import _bench, _fit_args, _kill_after, _method, _model
 def finished(tmp_path_factory) -> Path:
     """A finished `retain run` of ER (read-only: tests copy it)."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    assert main(["run", *FAST, "--method", "er", "--out", str(out)]) == 0
+    assert main([*RUN, *FAST, "--method", "er", "--out", str(out)]) == 0
     return out
 
 
@@ -192,7 +192,7 @@ def test_corrupt_metrics_json_is_rebuilt_on_resume(finished, tmp_path, monkeypat
     """Killed after task 2's checkpoint, metrics.json garbled: the resume rebuilds it from the
     checkpoint; and a finished run's garbled metrics.json is rebuilt too. Both byte-identical
     to the uninterrupted run's."""
-    argv = ["run", *FAST, "--method", "er"]
+    argv = [*RUN, *FAST, "--method", "er"]
     killed = tmp_path / "killed"
     _, killed_exc = _kill_after(monkeypatch, lambda s: s["task"] == 1 and s["task_done"])
     with pytest.raises(killed_exc):

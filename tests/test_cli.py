@@ -13,6 +13,7 @@ import pytest
 from retain.cli import main
 
 FAST = ["--benchmark", "split-digits", "--set", "batch_size=32", "--quiet"]
+RUN = ["run", "--method", "finetune"]  # a run names its method and benchmark
 
 
 def _error_line(capsys) -> str:
@@ -42,14 +43,14 @@ def _error_line(capsys) -> str:
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, expected):
     out = tmp_path / "run"
-    code = main(["run", *FAST, "--out", str(out), *argv])
+    code = main([*RUN, *FAST, "--out", str(out), *argv])
     assert code == 2
     assert expected in _error_line(capsys)
     assert not (out / "metrics.json").exists()
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, capsys):
-    argv = ["run", "--benchmark", "split-fmnist", "--set", f"benchmark_args.root={tmp_path}"]
+    argv = [*RUN, "--benchmark", "split-fmnist", "--set", f"benchmark_args.root={tmp_path}"]
     assert main([*argv, "--out", str(tmp_path / "r"), "--quiet"]) == 2
     assert "apt-get install dataset-fashion-mnist" in _error_line(capsys)
 
@@ -63,7 +64,7 @@ def test_invalid_yaml_config(tmp_path, capsys):
 
 def test_run_writes_the_run_folder_and_prints_the_matrix(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *FAST, "--out", str(out)]) == 0
+    assert main([*RUN, *FAST, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "task-aware accuracy" in printed and "task-agnostic accuracy" in printed
     assert "acc" in printed and "bwt" in printed and "fwt" in printed
@@ -83,17 +84,17 @@ def test_run_writes_the_run_folder_and_prints_the_matrix(tmp_path, capsys):
 
 def test_existing_run_is_never_overwritten(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *FAST, "--out", str(out)]) == 0
+    assert main([*RUN, *FAST, "--out", str(out)]) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     capsys.readouterr()
-    assert main(["run", *FAST, "--out", str(out), "--set", "lr=0.5"]) == 2
+    assert main([*RUN, *FAST, "--out", str(out), "--set", "lr=0.5"]) == 2
     assert "already holds a run" in _error_line(capsys)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_resume_with_another_config_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["run", *FAST, "--out", str(out)]) == 0
+    assert main([*RUN, *FAST, "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["run", "--resume", str(out), "--method", "joint"]) == 2
     assert "holds a config for another run" in _error_line(capsys)
@@ -105,7 +106,7 @@ def test_resume_with_another_config_is_refused(tmp_path, capsys):
 
 def test_same_seed_gives_byte_identical_metrics(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    argv = ["run", *FAST, "--set", "model_args.dropout=0.2", "--epochs", "2"]
+    argv = [*RUN, *FAST, "--set", "model_args.dropout=0.2", "--epochs", "2"]
     assert main([*argv, "--out", str(a)]) == 0
     assert main([*argv, "--out", str(b)]) == 0
     assert (a / "metrics.json").read_bytes() == (b / "metrics.json").read_bytes()
@@ -123,7 +124,7 @@ def test_kill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     compare metrics.json with an uninterrupted run: byte for byte."""
     argv = [*FAST, "--epochs", "12", "--set", "checkpoint_every=3", "--set", "momentum=0.9"]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    cmd = [sys.executable, "-m", "retain.cli", "run"]
+    cmd = [sys.executable, "-m", "retain.cli", *RUN]
     full, killed = tmp_path / "full", tmp_path / "killed"
     subprocess.run([*cmd, *argv, "--out", str(full)], check=True, env=env, capture_output=True)
 

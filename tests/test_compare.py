@@ -87,9 +87,9 @@ def test_a_failing_trial_is_reported_and_the_others_finish(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", *FAST, "--methods", "finetune,one", "--seeds", "1", "--out", str(out)]
     # a backbone argument only the model builder rejects: the trial fails when it is built
-    assert main([*argv, "--set", "one:model_args.widht=3"]) == 1
+    assert main([*argv, "--set", "one:model_args.hidden=[-3]"]) == 1
     captured = capsys.readouterr()
-    assert "trial failed" in captured.err and "widht" in captured.err
+    assert "trial failed" in captured.err and "hidden" in captured.err
     assert "| finetune | 1 |" in captured.out and "| one " not in captured.out
     statuses = {k: h[-1]["status"] for k, h in _history(out).items()}
     assert sorted(statuses.values()) == ["failed", "ok"]

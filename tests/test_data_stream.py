@@ -116,7 +116,8 @@ def test_cli_rejects_a_second_epoch_on_a_stream(tmp_path, capsys):
     from retain.cli import main
 
     out = tmp_path / "run"
-    code = main(["run", "--set", "benchmark=mnist360-5k", "--set", "epochs=2", "--out", str(out)])
+    argv = ["run", "--method", "finetune", "--set", "benchmark=mnist360-5k", "--set", "epochs=2"]
+    code = main([*argv, "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "single-pass stream: epochs must be 1" in err[0]
     assert not out.exists()

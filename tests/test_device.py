@@ -25,7 +25,8 @@ def test_bf16_autocast_on_cpu_runs_the_forward_in_bfloat16():
 
 def test_run_with_bf16_and_augmentation(tmp_path, capsys):
     out = tmp_path / "r"
-    args = ["run", "--benchmark", "split-digits", "--model", "resnet18", "--quiet", "--out"]
+    args = ["run", "--method", "finetune", "--benchmark", "split-digits", "--model", "resnet18"]
+    args += ["--quiet", "--out"]
     sets = ["--set", "augment={crop: 2, flip: true}", "--set", "model_args.nf=4"]
     assert main([*args, str(out), "--device", "auto", "--amp", "bf16", *sets]) == 0
     cfg = (out / "config.yaml").read_text()
@@ -42,6 +43,7 @@ def test_run_with_bf16_and_augmentation(tmp_path, capsys):
     ],
 )
 def test_bad_compute_options_are_one_line_exit_2(flags, message, tmp_path, capsys):
-    code = main(["run", "--benchmark", "split-digits", "--out", str(tmp_path / "r"), *flags])
+    run = ["run", "--method", "finetune", "--benchmark", "split-digits"]
+    code = main([*run, "--out", str(tmp_path / "r"), *flags])
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1

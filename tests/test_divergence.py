@@ -22,6 +22,7 @@ from retain.report import collect, make_report, markdown_table
 from tests.synthetic import TinyBackbone, blobs
 
 FAST = ["--benchmark", "split-digits", "--set", "batch_size=32", "--quiet"]
+RUN = ["run", "--method", "finetune"]  # a run names its method and benchmark
 
 
 def _model(bench, seed=0):
@@ -146,7 +147,7 @@ def test_a_normal_run_exits_0_and_is_not_marked(tmp_path):
 )
 def test_non_finite_config_values_are_refused_up_front(tmp_path, capsys, argv, expected):
     out = tmp_path / "run"
-    assert main(["run", *FAST, "--out", str(out), *argv]) == 2
+    assert main([*RUN, *FAST, "--out", str(out), *argv]) == 2
     lines = _error_lines(capsys)
     assert len(lines) == 1 and expected in lines[0], lines
     assert not out.exists()

@@ -14,6 +14,7 @@ from retain.cli import main
 from retain.experiment import ConfigError, resolve
 
 FAST = ["--benchmark", "split-digits", "--set", "batch_size=32"]
+RUN = ["run", "--method", "finetune"]  # a run names its method and benchmark
 
 
 def _configs(out: Path) -> list[dict]:
@@ -31,7 +32,7 @@ def test_compare_and_sweep_with_smoke_and_epochs_5_train_1_epoch_as_run_does(tmp
     """The named fix: compare and sweep used to skip the smoke overlay (5 epochs, full model)."""
     run, cmp, swp = tmp_path / "run", tmp_path / "cmp", tmp_path / "swp"
     smoke5 = ["--set", "epochs=5", "--set", "smoke=true"]
-    assert main(["run", *FAST, "--method", "finetune", *smoke5, "--quiet", "--out", str(run)]) == 0
+    assert main([*RUN, *FAST, "--method", "finetune", *smoke5, "--quiet", "--out", str(run)]) == 0
     # --protocol own: finetune's own loss_heads, as `retain run` (compare's default sets seen)
     argv = ["compare", *FAST, "--methods", "finetune", "--seeds", "1", "--protocol", "own", *smoke5]
     assert main([*argv, "--workers", "1", "--out", str(cmp)]) == 0
@@ -98,7 +99,7 @@ def test_bad_input_is_a_config_error_naming_its_source(kwargs, expected):
 
 def test_lr_flag_beside_epochs_in_run_and_compare(tmp_path, capsys):
     run, cmp = tmp_path / "run", tmp_path / "cmp"
-    assert main(["run", *FAST, "--lr", "0.2", "--epochs", "2", "--quiet", "--out", str(run)]) == 0
+    assert main([*RUN, *FAST, "--lr", "0.2", "--epochs", "2", "--quiet", "--out", str(run)]) == 0
     assert (_configs(run)[0]["lr"], _configs(run)[0]["epochs"]) == (0.2, 2)
     argv = ["compare", *FAST, "--methods", "finetune,ewc", "--seeds", "1", "--lr", "0.3"]
     assert main([*argv, "--workers", "1", "--out", str(cmp)]) == 0
@@ -106,13 +107,13 @@ def test_lr_flag_beside_epochs_in_run_and_compare(tmp_path, capsys):
     # --set is over the flags, as for --epochs
     assert resolve(None, {"lr": 0.2}, ["lr=0.4"]).lr == 0.4
     capsys.readouterr()
-    assert main(["run", *FAST, "--lr", "0", "--out", str(tmp_path / "bad")]) == 2
+    assert main([*RUN, *FAST, "--lr", "0", "--out", str(tmp_path / "bad")]) == 2
     assert "lr must be positive" in capsys.readouterr().err
 
 
 def test_resume_with_a_different_lr_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["run", *FAST, "--lr", "0.2", "--quiet", "--out", str(run)]) == 0
+    assert main([*RUN, *FAST, "--lr", "0.2", "--quiet", "--out", str(run)]) == 0
     assert main(["run", "--resume", str(run), "--lr", "0.2", "--quiet"]) == 0
     capsys.readouterr()
     assert main(["run", "--resume", str(run), "--lr", "0.3"]) == 2

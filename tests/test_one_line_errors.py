@@ -20,6 +20,7 @@ from retain.cli import main
 from retain.engine import runio
 
 FAST = ["--benchmark", "split-digits", "--set", "batch_size=32", "--quiet"]
+RUN = ["run", "--method", "finetune"]  # a run names its method and benchmark
 NOT_UTF8 = b"method: fin\xe9tune\n"
 
 
@@ -41,7 +42,7 @@ def _one_error(capsys, *, allow_announce: bool = False) -> str:
 
 def _finished_run(tmp_path: Path, capsys, name: str = "run") -> Path:
     out = tmp_path / name
-    assert main(["run", *FAST, "--out", str(out)]) == 0
+    assert main([*RUN, *FAST, "--out", str(out)]) == 0
     capsys.readouterr()
     return out
 
@@ -180,7 +181,7 @@ def test_non_finite_values_are_written_as_json_and_read_back(tmp_path):
 @pytest.mark.parametrize("seed", ["99999999999999999999", str(2**64), str(-(2**63) - 1)])
 def test_a_seed_torch_cannot_take_is_one_line(tmp_path, capsys, seed):
     out = tmp_path / "r"
-    assert main(["run", *FAST, "--seed", seed, "--out", str(out)]) == 2
+    assert main([*RUN, *FAST, "--seed", seed, "--out", str(out)]) == 2
     line = _one_error(capsys)
     assert f"seed must be an integer from {-(2**63)} to {2**64 - 1}" in line and seed in line
     assert not out.exists()
@@ -191,7 +192,7 @@ def test_a_seed_torch_cannot_take_is_one_line(tmp_path, capsys, seed):
 def test_an_out_that_cannot_be_written_is_one_line_before_training(tmp_path, capsys, command):
     out = "/proc/retain-test/out" if command == "run" else "/proc/retain-test"
     if command == "run":
-        argv = ["run", *FAST, "--out", out]
+        argv = [*RUN, *FAST, "--out", out]
     elif command == "compare":
         argv = ["compare", "--benchmark", "split-digits", "--methods", "finetune", "--seeds"]
         argv += ["1", "--out", out]
@@ -212,7 +213,7 @@ def test_check_writable_leaves_no_trace(tmp_path):
 # --------------------------------------------------------------------- a model too large
 def test_a_model_too_large_to_allocate_is_one_line(tmp_path, capsys):
     out = tmp_path / "r"
-    argv = ["run", *FAST, "--set", "model_args.hidden=[1000000000000]", "--out", str(out)]
+    argv = [*RUN, *FAST, "--set", "model_args.hidden=[1000000000000]", "--out", str(out)]
     assert main(argv) == 2
     line = _one_error(capsys)
     assert "model 'mlp' with model_args {'hidden': [1000000000000]} is too large" in line
@@ -246,7 +247,7 @@ def _temps(folder: Path) -> list[str]:
 def test_disk_full_writing_the_checkpoint_is_one_line_with_its_size(tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     _disk_full_on(monkeypatch, runio.CHECKPOINT, nth=2)  # at the end of task 2
-    assert main(["run", *FAST, "--out", str(out)]) == 2
+    assert main([*RUN, *FAST, "--out", str(out)]) == 2
     line = _one_error(capsys, allow_announce=True)
     assert f"cannot write {out / runio.CHECKPOINT}: no space left on the device" in line
     assert "(it needs about 0.8 MB, " in line and " free)" in line, line
@@ -259,7 +260,7 @@ def test_disk_full_writing_the_checkpoint_is_one_line_with_its_size(tmp_path, ca
 def test_disk_full_writing_metrics_keeps_the_previous_file(tmp_path, capsys, monkeypatch):
     out = tmp_path / "r"
     _disk_full_on(monkeypatch, runio.METRICS, nth=3)
-    assert main(["run", *FAST, "--out", str(out)]) == 2
+    assert main([*RUN, *FAST, "--out", str(out)]) == 2
     line = _one_error(capsys, allow_announce=True)
     assert f"cannot write {out / runio.METRICS}: no space left on the device" in line
     assert len(json.loads((out / "metrics.json").read_text())["task_aware"]["rows"]) == 2
@@ -278,7 +279,7 @@ def test_disk_full_appending_an_event_is_one_line(tmp_path, capsys, monkeypatch)
         return real(fd, data)
 
     monkeypatch.setattr(runio.os, "write", write)
-    assert main(["run", *FAST, "--out", str(out)]) == 2
+    assert main([*RUN, *FAST, "--out", str(out)]) == 2
     line = _one_error(capsys, allow_announce=True)
     assert f"cannot write {out / runio.EVENTS}: no space left on the device" in line
     assert len((out / runio.EVENTS).read_text().splitlines()) == 2
@@ -292,7 +293,7 @@ def test_temporaries_left_by_a_kill_are_removed_on_start_and_resume(tmp_path, ca
     fresh.mkdir()
     for name in ours + others:
         (fresh / name).write_bytes(b"x" * 100)
-    assert main(["run", *FAST, "--out", str(fresh)]) == 0
+    assert main([*RUN, *FAST, "--out", str(fresh)]) == 0
     assert sorted(_temps(fresh)) == sorted(n for n in others if n.endswith(".tmp"))
     for name in ours:
         (fresh / name).write_bytes(b"x" * 100)

@@ -344,11 +344,12 @@ def _run(args: argparse.Namespace) -> int:
                 config, run_dir = _resume_config(Path(args.resume), args, flags)
                 fresh = not (run_dir / runio.CHECKPOINT).is_file()
             else:
-                config = resolve(args.config, flags, args.set)
+                config = resolve(args.config, flags, args.set, required=("method", "benchmark"))
                 if not args.out and _launched_by_torchrun():
                     raise UserError("a data-parallel run (torchrun) needs --out or --resume")
                 run_dir = Path(args.out) if args.out else _default_run_dir(config)
                 if rank == 0:
+                    _check_parents(run_dir)
                     _claim(held, run_dir)
                     _check_new_run_dir(run_dir)
         except ConfigError as e:
@@ -581,7 +582,20 @@ def _warn(message: str) -> None:
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {str(out)!r} exists and is not a folder")
+    _check_parents(out)
     _check_writable(out)
+
+
+def _check_parents(out: Path) -> None:
+    """An --out below a file (``notes.txt/run``) cannot be made: say which file, before the
+    folder's lock or a probe tries (their errors would say "File exists")."""
+    for parent in Path(out).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(
+                    f"--out {str(out)!r} cannot be made: {str(parent)!r} is a file, not a folder"
+                )
+            return
 
 
 def _check_writable(folder: Path) -> None:

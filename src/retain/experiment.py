@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from retain import config_yaml
 from retain.engine.trainer import TrainConfig
 
 
@@ -90,7 +91,9 @@ def _check_type(key: str, value: Any) -> Any:
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key} must be an integer, got {value!r}")
+            integral = isinstance(value, float) and value.is_integer()
+            write = f" (a float; write {int(value)} for an integer)" if integral else ""
+            raise ConfigError(f"{key} must be an integer, got {value!r}{write}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -137,13 +140,43 @@ def apply(config: dict[str, Any], updates: dict[str, Any], source: str) -> None:
             config[top] = merged
             continue
         if key not in FIELDS:
-            raise ConfigError(
-                f"{source}: unknown key {key!r}; valid keys: {', '.join(sorted(FIELDS))}"
-            )
+            raise ConfigError(f"{source}: {_unknown_key(key, config)}")
         value = _check_type(key, value)
         if key in DICT_FIELDS:
             value = {**config.get(key, {}), **value}
         config[key] = value
+
+
+def _unknown_key(key: str, config: Mapping[str, Any]) -> str:
+    """What to say of an unknown top-level key: the ``method_args``/``model_args``/
+    ``benchmark_args`` key it is when the method, model or benchmark configured so far takes
+    it (``lamb`` -> ``method_args.lamb``), else the closest valid key, then the valid keys."""
+    nested = _argument_of(key, config)
+    if nested is not None:
+        return f"unknown key {key!r}; did you mean {nested}.{key}?"
+    from retain.argcheck import suggestion
+
+    return f"unknown key {key!r};{suggestion(key, FIELDS)} valid keys: {', '.join(sorted(FIELDS))}"
+
+
+def _argument_of(key: str, config: Mapping[str, Any]) -> str | None:
+    """``method_args``, ``model_args`` or ``benchmark_args`` when the method, model or
+    benchmark named in ``config`` (or the default) takes an argument ``key``, else None."""
+    from retain.data.benchmarks import BENCHMARKS, benchmark_parameters
+    from retain.methods import REGISTRY
+    from retain.models.registry import MODELS, model_options
+
+    method = config.get("method", FIELDS["method"].default)
+    params = inspect.signature(REGISTRY[method].__init__).parameters if method in REGISTRY else {}
+    if key != "self" and key in params:
+        return "method_args"
+    model = config.get("model", FIELDS["model"].default)
+    if model in MODELS and key in model_options(model):
+        return "model_args"
+    benchmark = config.get("benchmark", FIELDS["benchmark"].default)
+    if benchmark in BENCHMARKS and key in benchmark_parameters(benchmark):
+        return "benchmark_args"
+    return None
 
 
 def parse_set(pairs: list[str]) -> dict[str, Any]:
@@ -157,14 +190,19 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
         if not key:
             raise ConfigError(f"--set expects key=value, got {pair!r}")
         try:
-            out[key] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key] = config_yaml.load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from None
     return out
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of keys in the YAML file ``path`` (:func:`retain.config_yaml.load`: a
+    ``1e-3`` is a number). A missing file or a folder, one not UTF-8 or not valid YAML (the
+    line and column said), an empty one and one not holding a mapping: ConfigError."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
@@ -177,12 +215,13 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as e:
         raise ConfigError(f"cannot read config file {str(path)!r}: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = config_yaml.load(text)
     except yaml.YAMLError as e:
-        first = str(e).splitlines()[0]
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {first}") from None
+        where = config_yaml.describe_error(e)
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
     if data is None:
-        return {}
+        only = " (only comments)" if text.strip() else ""
+        raise ConfigError(f"config file {str(path)!r} is empty{only}")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return data
@@ -202,6 +241,7 @@ def resolve(
     *,
     axes: Sequence[Layer] = (),
     overrides: Sequence[Layer] = (),
+    required: Sequence[str] = (),
 ) -> RunConfig:
     """The one way a config is made, by ``retain run``, ``--resume``, ``compare`` and ``sweep``.
 
@@ -211,7 +251,9 @@ def resolve(
     parsed) < ``overrides`` (further parsed ``--set`` layers, e.g. compare's
     ``METHOD:KEY=VALUE``). The :mod:`retain.smoke` overlay comes last when any layer sets
     ``smoke``. The result is validated, and its method (with its arguments) and benchmark
-    (with its arguments) are checked to exist, before anything is built or trained.
+    (with its arguments) are checked to exist, before anything is built or trained. Each key
+    in ``required`` must be given by some layer (``retain run``: method and benchmark), not
+    left to its default.
 
     Raises:
         ConfigError: a bad key, value, name or file (one line).
@@ -228,6 +270,9 @@ def resolve(
         apply(config, parsed, "--set")
     for source, updates in overrides:
         apply(config, dict(updates), source)
+    missing = [key for key in required if key not in config]
+    if missing:
+        raise ConfigError(missing_message(missing))
     from retain.methods import non_finite
 
     for key in ("benchmark_args", "model_args"):  # method_args: make_method, below
@@ -254,27 +299,37 @@ def resolve(
     return rc
 
 
+def missing_message(missing: Sequence[str]) -> str:
+    """The line for a run that names no method or no benchmark (``missing``)."""
+    needs = " and ".join(f"a {key}" for key in missing)
+    flags = " and ".join(f"--{key}" for key in missing)
+    them = "them" if len(missing) > 1 else "it"
+    return (
+        f"a run needs {needs}: give {flags} (or name {them} in a --config file or with --set), "
+        "e.g. retain run --method finetune --benchmark split-digits; --resume DIR continues a "
+        "stopped run"
+    )
+
+
 def check_names(config: RunConfig) -> None:
-    """Unknown method, method argument, benchmark or benchmark argument: ConfigError, before
-    anything is trained (building a method is cheap; benchmarks are not built)."""
-    from retain.data import BENCHMARKS
-    from retain.methods import make_method
+    """Unknown method, method argument, benchmark, benchmark argument, model or model option,
+    or an argument of the wrong kind (``method_args.lamb must be a number, got 'abc'``), or
+    more than one epoch of a single-pass stream: ConfigError, before anything is trained
+    (building a method is cheap; benchmarks and models are not built)."""
+    from retain.data import DataError
+    from retain.data.benchmarks import check_benchmark_args, is_single_pass
+    from retain.methods import check_method_args, make_method
+    from retain.models.registry import check_model_args
 
     try:
+        check_method_args(config.method, config.method_args, "method_args")
         make_method(config.method, **config.method_args)
-    except (TypeError, ValueError) as e:
+        check_benchmark_args(config.benchmark, config.benchmark_args, "benchmark_args")
+        check_model_args(config.model, config.model_args, "model_args")
+    except (TypeError, ValueError, DataError) as e:
         raise ConfigError(str(e)) from None
-    if config.benchmark not in BENCHMARKS:
-        raise ConfigError(
-            f"unknown benchmark {config.benchmark!r}; valid names: {', '.join(BENCHMARKS)}"
-        )
-    accepted = list(inspect.signature(BENCHMARKS[config.benchmark]).parameters)
-    for key in config.benchmark_args:
-        if key not in accepted:
-            raise ConfigError(
-                f"benchmark {config.benchmark!r} does not accept {key}; "
-                f"accepted: {', '.join(accepted)}"
-            )
+    if config.epochs != 1 and is_single_pass(config.benchmark):
+        raise ConfigError(single_pass_message(config.benchmark, config.epochs))
 
 
 def single_pass_message(benchmark: str, epochs: int) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from retain import config_yaml
 from retain.engine import runio
 from retain.engine.runio import FolderBusy as FolderBusy  # the lock of a run folder
 from retain.engine.runio import folder_lock as folder_lock
@@ -108,7 +109,7 @@ def trial_state(trial: Trial) -> str:
     if not cfg_file.is_file():
         return START
     try:
-        stored = yaml.safe_load(cfg_file.read_text())
+        stored = config_yaml.load(cfg_file.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         raise TrialConflict(f"{run_dir}: unreadable {runio.CONFIG}; move the folder away") from None
     if stored != trial.config.to_dict():

@@ -47,6 +47,8 @@ class BenchmarkEntry:
         options: the builder's fixed arguments for this benchmark (e.g. its ``dataset``).
         record: arguments the benchmark records in its ``info``, right after ``source``.
         notes: more about the benchmark, appended to its ``__doc__``.
+        single_pass: its training samples are one stream to be seen once (``epochs`` must
+            be 1): checked with the config, before anything is built.
     """
 
     name: str
@@ -56,6 +58,7 @@ class BenchmarkEntry:
     options: Mapping[str, object] = field(default_factory=dict)
     record: tuple[str, ...] = ()
     notes: str = ""
+    single_pass: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", MappingProxyType(dict(self.parameters)))
@@ -116,8 +119,51 @@ def benchmark_parameters(name: str) -> dict[str, object]:
 
 def _builder(name: str) -> BenchmarkBuilder:
     if name not in BENCHMARKS:
-        raise DataError(f"unknown benchmark {name!r}; valid names: {', '.join(BENCHMARKS)}")
+        from retain.argcheck import suggestion
+
+        hint = suggestion(name, BENCHMARKS)
+        raise DataError(f"unknown benchmark {name!r};{hint} valid names: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
+
+
+def is_single_pass(name: str) -> bool:
+    """Whether the named benchmark is one stream seen once (:attr:`BenchmarkEntry.single_pass`),
+    known without building it; False for a benchmark registered as a plain function."""
+    return bool(getattr(_builder(name), "single_pass", False))
+
+
+def benchmark_hints(name: str) -> dict[str, object]:
+    """``{argument: annotation}`` of a named benchmark's arguments: the family builder's
+    annotations, or for arguments without one (those passed on to the data source) the kind
+    of the default (:func:`retain.argcheck.hint_from_default`)."""
+    from retain.argcheck import hint_from_default, signature_hints
+
+    fn = _builder(name)
+    declared = signature_hints(fn.build if isinstance(fn, BenchmarkEntry) else fn)
+    defaults = benchmark_parameters(name)
+    return {k: declared.get(k, hint_from_default(v)) for k, v in defaults.items()}
+
+
+def check_benchmark_args(
+    name: str, kwargs: Mapping[str, object], where: str = "benchmark_args"
+) -> None:
+    """Raise DataError (one line) unless ``name`` is a registered benchmark and ``kwargs``
+    are arguments it accepts, of the kinds declared (``benchmark_args.n_tasks must be an
+    integer, got 'abc'``)."""
+    from retain.argcheck import check_arguments, suggestion
+
+    accepted = list(inspect.signature(_builder(name)).parameters)
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        hint = suggestion(unknown[0], accepted) if len(unknown) == 1 else ""
+        raise DataError(
+            f"benchmark {name!r} does not accept {', '.join(unknown)};{hint} "
+            f"accepted: {', '.join(accepted)}"
+        )
+    try:
+        check_arguments(benchmark_hints(name), kwargs, where)
+    except ValueError as e:
+        raise DataError(str(e)) from None
 
 
 def get_benchmark(name: str, **kwargs: object) -> Benchmark:

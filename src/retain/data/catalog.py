@@ -171,6 +171,7 @@ ENTRIES = (
         arguments(1, STREAM, SPLIT_SEED),
         {"dataset": "mnist5k"},
         record=("split_seed",),
+        single_pass=True,
         notes="General continual learning (see :func:`retain.data.stream.rotating_pairs`): "
         "3,600 training images of digits 0-8 from MNIST-5k, shown once as 27 phases of two "
         "digits; 900 test images at every pose. ``n_tasks`` is always 1 (one boundary-free "
@@ -293,6 +294,7 @@ ENTRIES = (
         rotating_stream,
         arguments(1, FILES, STREAM, SUBSET),
         {"dataset": "mnist"},
+        single_pass=True,
         notes="General continual learning on full MNIST (see "
         ":func:`retain.data.stream.rotating_pairs`, and ``mnist360-5k`` for the offline "
         "MNIST-5k version).",

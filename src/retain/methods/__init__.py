@@ -10,27 +10,58 @@ for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base" and not _mod.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["REGISTRY", "Batch", "BenchmarkInfo", "Method", "make_method", "register"]
+__all__ = [
+    "REGISTRY",
+    "Batch",
+    "BenchmarkInfo",
+    "Method",
+    "check_method_args",
+    "make_method",
+    "register",
+]
 
 
 def make_method(name: str, **kwargs) -> Method:
-    """Instantiate a registered method by name; unknown names or arguments raise ValueError."""
+    """Instantiate a registered method by name; unknown names or arguments, and arguments of
+    the wrong kind, raise ValueError (:func:`check_method_args`)."""
+    check_method_args(name, kwargs)
+    return REGISTRY[name](**kwargs)
+
+
+def check_method_args(name: str, kwargs: dict, where: str = "method_args") -> None:
+    """Raise ValueError (one line) unless ``name`` is a registered method and ``kwargs`` are
+    arguments it takes, finite, and of the kinds its ``__init__`` declares (checked against
+    the annotations, :mod:`retain.argcheck`); ``where`` names them in the message
+    (``method_args.lamb must be a number, got 'abc'``). A ``X_args`` mapping beside an ``X``
+    naming a registered method (ScrollNet's ``base``, ``base_args``) is checked the same way
+    against that method."""
     import inspect
 
+    from retain.argcheck import check_arguments, signature_hints, suggestion
+
     if name not in REGISTRY:
-        raise ValueError(f"unknown method {name!r}; valid: {', '.join(sorted(REGISTRY))}")
+        hint = suggestion(name, REGISTRY)
+        raise ValueError(f"unknown method {name!r};{hint} valid: {', '.join(sorted(REGISTRY))}")
     cls = REGISTRY[name]
     params = inspect.signature(cls.__init__).parameters
     accepted = [p for p in params if p != "self"]
     for key in kwargs:
         if key not in accepted:
             valid = ", ".join(accepted) or "none"
-            raise ValueError(f"method {name!r} has no argument {key!r}; accepted: {valid}")
+            hint = suggestion(key, accepted)
+            raise ValueError(f"method {name!r} has no argument {key!r};{hint} accepted: {valid}")
     for key, value in kwargs.items():
         bad = non_finite(value, key)
         if bad is not None:
             raise ValueError(f"method {name!r}: {bad[0]} must be a finite number, got {bad[1]}")
-    return cls(**kwargs)
+    check_arguments(signature_hints(cls.__init__), kwargs, where)
+    for key, value in kwargs.items():  # base_args beside base="ewc": ewc's arguments
+        inner = key[: -len("_args")] if key.endswith("_args") else None
+        if inner not in params or not isinstance(value, dict):
+            continue
+        named = kwargs.get(inner, params[inner].default)
+        if isinstance(named, str) and named in REGISTRY:
+            check_method_args(named, value, f"{where}.{key}")
 
 
 def non_finite(value, key: str) -> tuple[str, float] | None:

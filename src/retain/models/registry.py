@@ -122,17 +122,29 @@ def build_backbone(name: str, input_shape: int | Sequence[int], **kwargs: Any) -
             (the message names it and lists the accepted ones).
     """
     builder = _builder(name)
-    accepted = model_options(name)
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
-            f"for model {name!r}; accepted: {', '.join(accepted)}"
-        )
+    check_model_args(name, kwargs)
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     if isinstance(input_shape, list):
         input_shape = tuple(input_shape)
     return builder(input_shape, **options)
+
+
+def check_model_args(name: str, kwargs: dict[str, Any], where: str = "model_args") -> None:
+    """Raise ValueError (one line) unless ``name`` is a registered backbone and ``kwargs`` are
+    options it takes, of the kinds its constructor declares (``model_args.hidden must be a
+    list of integers, got 'abc'``; :mod:`retain.argcheck`)."""
+    from retain.argcheck import check_arguments, signature_hints, suggestion
+
+    builder = _builder(name)
+    accepted = model_options(name)
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        hint = suggestion(unknown[0], accepted) if len(unknown) == 1 else ""
+        raise ValueError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+            f"for model {name!r};{hint} accepted: {', '.join(accepted)}"
+        )
+    check_arguments(signature_hints(builder, skip=1), kwargs, where)
 
 
 def build_model(
@@ -166,4 +178,9 @@ def _builder(name: str) -> BackboneBuilder:
     try:
         return MODELS[name]
     except KeyError:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}") from None
+        from retain.argcheck import suggestion
+
+        hint = suggestion(name, MODELS)
+        raise ValueError(
+            f"unknown model {name!r};{hint} choose one of {', '.join(MODELS)}"
+        ) from None

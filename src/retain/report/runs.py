@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from retain import config_yaml
 from retain.engine import runio
 from retain.engine.trainer import DIVERGED
 from retain.metrics import AccuracyMatrix
@@ -119,7 +120,7 @@ def _read_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise _Unusable(f"no {runio.CONFIG}")
     try:
-        config = yaml.safe_load(path.read_text())
+        config = config_yaml.load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         raise _Unusable(f"{runio.CONFIG} is not valid YAML (corrupt or half-written)") from None
     if not isinstance(config, dict):
