@@ -304,6 +304,10 @@ def test_an_integer_key_given_a_float_is_refused_with_what_to_write(tmp_path, ca
             "benchmark_args.shuffle_classes must be true or false, got 3",
         ),
         (
+            ["--set", "model_args.head_bias=maybe"],
+            "model_args.head_bias must be true or false, got 'maybe'",
+        ),
+        (
             ["--method", "scrollnet", *("--set", "method_args.base=ewc"), *BASE_LAMB],
             "method_args.base_args.lamb must be a number, got 'abc'",
         ),
@@ -312,6 +316,24 @@ def test_an_integer_key_given_a_float_is_refused_with_what_to_write(tmp_path, ca
 def test_an_argument_of_the_wrong_kind_names_the_key(tmp_path, capsys, argv, message):
     out = tmp_path / "r"
     assert _refused(capsys, tmp_path, [*RUN, *argv, "--out", str(out)]) == message
+
+
+def test_every_shipped_config_still_resolves():
+    """The argument checks refuse none of configs/ (head_bias beside the backbone's options,
+    EWC's importance_args for the estimator named 'spg', ScrollNet's base_args)."""
+    configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
+    assert len(configs) > 30
+    for path in configs:
+        resolve(path)
+
+
+def test_nested_base_args_are_checked_only_against_a_method():
+    """``importance: spg`` names an estimator, not the method spg: its importance_args are not
+    taken for the method's arguments; ScrollNet's ``base: ewc`` is a method."""
+    sets = ["method=ewc", "method_args.importance=spg", "method_args.importance_args.chi=true"]
+    assert resolve(None, None, sets).method_args["importance_args"] == {"chi": True}
+    sets = ["method=scrollnet", "method_args.base=ewc", "method_args.base_args.lamb=1e3"]
+    assert resolve(None, None, sets).method_args["base_args"] == {"lamb": 1000.0}
 
 
 # ------------------------------------------------------------- misplaced or misspelt keys
@@ -381,7 +403,7 @@ def test_a_misplaced_key_in_a_config_file(tmp_path, capsys):
         (
             ["--set", "model_args.hiden=[8]"],
             "unknown option 'hiden' for model 'mlp'; did you mean hidden? accepted: hidden, "
-            "dropout, bias",
+            "dropout, bias, head_bias",
         ),
     ],
 )

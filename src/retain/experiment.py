@@ -325,7 +325,7 @@ def check_names(config: RunConfig) -> None:
         check_method_args(config.method, config.method_args, "method_args")
         make_method(config.method, **config.method_args)
         check_benchmark_args(config.benchmark, config.benchmark_args, "benchmark_args")
-        check_model_args(config.model, config.model_args, "model_args")
+        check_model_args(config.model, config.model_args, "model_args", head=True)
     except (TypeError, ValueError, DataError) as e:
         raise ConfigError(str(e)) from None
     if config.epochs != 1 and is_single_pass(config.benchmark):

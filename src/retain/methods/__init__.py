@@ -33,8 +33,8 @@ def check_method_args(name: str, kwargs: dict, where: str = "method_args") -> No
     arguments it takes, finite, and of the kinds its ``__init__`` declares (checked against
     the annotations, :mod:`retain.argcheck`); ``where`` names them in the message
     (``method_args.lamb must be a number, got 'abc'``). A ``X_args`` mapping beside an ``X``
-    naming a registered method (ScrollNet's ``base``, ``base_args``) is checked the same way
-    against that method."""
+    declared to take a :class:`Method` and naming a registered one (ScrollNet's ``base``,
+    ``base_args``) is checked the same way against that method."""
     import inspect
 
     from retain.argcheck import check_arguments, signature_hints, suggestion
@@ -54,14 +54,22 @@ def check_method_args(name: str, kwargs: dict, where: str = "method_args") -> No
         bad = non_finite(value, key)
         if bad is not None:
             raise ValueError(f"method {name!r}: {bad[0]} must be a finite number, got {bad[1]}")
-    check_arguments(signature_hints(cls.__init__), kwargs, where)
+    hints = signature_hints(cls.__init__)
+    check_arguments(hints, kwargs, where)
     for key, value in kwargs.items():  # base_args beside base="ewc": ewc's arguments
         inner = key[: -len("_args")] if key.endswith("_args") else None
-        if inner not in params or not isinstance(value, dict):
+        if inner not in params or not isinstance(value, dict) or not _takes_method(hints[inner]):
             continue
         named = kwargs.get(inner, params[inner].default)
         if isinstance(named, str) and named in REGISTRY:
             check_method_args(named, value, f"{where}.{key}")
+
+
+def _takes_method(hint) -> bool:
+    """Whether an annotation is :class:`Method` or a union holding it (``str | Method``)."""
+    import typing
+
+    return hint is Method or Method in typing.get_args(hint)
 
 
 def non_finite(value, key: str) -> tuple[str, float] | None:

@@ -129,14 +129,21 @@ def build_backbone(name: str, input_shape: int | Sequence[int], **kwargs: Any) -
     return builder(input_shape, **options)
 
 
-def check_model_args(name: str, kwargs: dict[str, Any], where: str = "model_args") -> None:
+#: options of :func:`build_model` itself (the head's), beside the backbone's, in ``model_args``
+HEAD_OPTIONS: dict[str, Any] = {"head_bias": bool}
+
+
+def check_model_args(
+    name: str, kwargs: dict[str, Any], where: str = "model_args", head: bool = False
+) -> None:
     """Raise ValueError (one line) unless ``name`` is a registered backbone and ``kwargs`` are
-    options it takes, of the kinds its constructor declares (``model_args.hidden must be a
-    list of integers, got 'abc'``; :mod:`retain.argcheck`)."""
+    options it takes (``head``: or :func:`build_model`'s own :data:`HEAD_OPTIONS`), of the
+    kinds its constructor declares (``model_args.hidden must be a list of integers, got
+    'abc'``; :mod:`retain.argcheck`)."""
     from retain.argcheck import check_arguments, signature_hints, suggestion
 
     builder = _builder(name)
-    accepted = model_options(name)
+    accepted = model_options(name) + (list(HEAD_OPTIONS) if head else [])
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
         hint = suggestion(unknown[0], accepted) if len(unknown) == 1 else ""
@@ -144,7 +151,8 @@ def check_model_args(name: str, kwargs: dict[str, Any], where: str = "model_args
             f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"for model {name!r};{hint} accepted: {', '.join(accepted)}"
         )
-    check_arguments(signature_hints(builder, skip=1), kwargs, where)
+    hints = {**signature_hints(builder, skip=1), **(HEAD_OPTIONS if head else {})}
+    check_arguments(hints, kwargs, where)
 
 
 def build_model(
