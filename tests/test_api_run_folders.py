@@ -336,3 +336,15 @@ def test_a_checkpoint_of_an_earlier_fit_still_resumes(tmp_path, monkeypatch):
     _fit(killed, resume=True)
     assert (full / "metrics.json").read_bytes() == (killed / "metrics.json").read_bytes()
     assert (full / "config.yaml").read_bytes() == (killed / "config.yaml").read_bytes()
+
+
+def test_resume_from_python_compares_the_recorded_arguments_not_the_threads(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        _fit(run, on_task_end=_stop_after_task_0)
+    with pytest.raises(runio.CheckpointError) as info:
+        _fit(run, resume=True, method=EWC(lamb=6))
+    assert "(method_args: {'lamb': 5} in the checkpoint, {'lamb': 6} given)" in str(info.value)
+    torch.set_num_threads(2)  # how it runs, not what it computes: the run goes on
+    _fit(run, resume=True)
+    assert len(json.loads((run / "metrics.json").read_text())["task_aware"]["rows"]) == 2

@@ -342,21 +342,34 @@ def _resume_difference(
 ) -> str | None:
     """How the config a checkpoint was trained with differs from ``run_config``
     (:func:`runio.config_difference`). ``legacy`` (a run :func:`fit` described itself, not
-    ``retain run``): its threads and the classes of its own objects may differ
-    (:func:`_settings`), and a checkpoint of an earlier version storing ``legacy``
-    (:func:`_fit_config`) resumes too."""
+    ``retain run``): its threads and its own objects may differ (:func:`_comparable`),
+    and a checkpoint of an earlier version storing ``legacy`` (:func:`_fit_config`)
+    resumes too."""
     differs = runio.config_difference(trained, run_config)
     if differs is None or legacy is None or not isinstance(trained, dict):
         return differs
     if runio.config_difference(trained, legacy) is None:
         return None
-    return runio.config_difference(_settings(trained), _settings(run_config))
+    return runio.config_difference(*_comparable(trained, run_config))
 
 
-def _settings(config: dict[str, Any]) -> dict[str, Any]:
-    """A config :func:`fit` described, less what a resume from Python may change: torch's
-    threads, and the classes of the objects of one's own (their module may move)."""
-    return {k: v for k, v in config.items() if k not in ("threads", runio.OWN_OBJECTS)}
+def _comparable(a: dict[str, Any], b: dict[str, Any]) -> tuple[dict, dict]:
+    """Two configs :func:`fit` described, less what a resume from Python may change: torch's
+    threads, and of a part that is an object of one's own on either side (``own_objects``:
+    a subclass that crashes on purpose, a module that moved), its arguments and class; its
+    name (method, benchmark) is still compared, as it always was."""
+    own = set()
+    for config in (a, b):
+        listed = config.get(runio.OWN_OBJECTS)
+        own |= set(listed) if isinstance(listed, dict) else set()
+    drop = {"threads", runio.OWN_OBJECTS, *(f"{part}_args" for part in own)}
+    if "model" in own:
+        drop.add("model")
+
+    def keep(config: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in config.items() if k not in drop}
+
+    return keep(a), keep(b)
 
 
 def _restarts(run_path: Path, run_config: dict[str, Any]) -> bool:
@@ -381,7 +394,7 @@ def _restarts(run_path: Path, run_config: dict[str, Any]) -> bool:
         stored = None
     if not isinstance(stored, dict):
         raise runio.RunFolderError(f"cannot resume: {cfg} is unreadable; use another run_dir")
-    differs = runio.config_difference(_settings(stored), _settings(run_config), "asked")
+    differs = runio.config_difference(*_comparable(stored, run_config), "asked")
     if differs is not None:
         differs = differs.replace(" in the checkpoint,", " there,")
         raise runio.RunFolderError(
