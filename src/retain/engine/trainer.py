@@ -236,7 +236,8 @@ def _method_args(method: Method) -> dict[str, Any] | None:
     (:meth:`Method.hyperparameters`), else None."""
     from retain.methods import REGISTRY
 
-    given = method.hyperparameters()
+    recorded = getattr(method, "hyperparameters", None)  # a Method's; not a look-alike's
+    given = recorded() if callable(recorded) else None
     if REGISTRY.get(method.name) is not type(method) or given is None:
         return None
     args = _plain(given)
