@@ -619,3 +619,14 @@ def test_expand_refuses_a_stream_with_epochs_before_any_trial(tmp_path):
     sweep.write_text("set: {epochs: 2}\nbenchmarks: [mnist360-5k]\nmethods: [finetune]\n")
     with pytest.raises(ValueError, match="single-pass stream: epochs must be 1, got 2"):
         expand(load_spec(sweep))
+
+
+def test_resuming_a_folder_whose_config_yaml_was_emptied_trains_no_defaults(tmp_path, capsys):
+    """A folder stopped before its first checkpoint restarts from its config.yaml; emptied, it
+    is refused (it used to train finetune on split-mnist5k)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / runio.CONFIG).write_text("# emptied\n")
+    line = _refused(capsys, tmp_path, ["run", "--resume", str(run)])
+    cfg = run / runio.CONFIG
+    assert line == f"cannot resume: {cfg}: config file {str(cfg)!r} is empty (only comments)"

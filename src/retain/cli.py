@@ -452,7 +452,7 @@ def _resume_config(run_dir: Path, args: argparse.Namespace, flags: dict):
     if not (run_dir / runio.CHECKPOINT).is_file():  # stopped before its first checkpoint
         return _restart_config(run_dir, args, flags)
     try:
-        stored = resolve(cfg_file)
+        stored = resolve(cfg_file, empty_file=True)  # emptied: the checkpoint's config differs
         # verified in full (format, checksum, weights only) before anything is built or said
         trained = runio.load_torch(run_dir / runio.CHECKPOINT).get("config")
     except ConfigError as e:

@@ -196,10 +196,11 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def load_yaml(path: str | Path, empty_ok: bool = False) -> dict[str, Any]:
     """The mapping of keys in the YAML file ``path`` (:func:`retain.config_yaml.load`: a
     ``1e-3`` is a number). A missing file or a folder, one not UTF-8 or not valid YAML (the
-    line and column said), an empty one and one not holding a mapping: ConfigError."""
+    line and column said), an empty one (unless ``empty_ok``: then ``{}``) and one not
+    holding a mapping: ConfigError."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {str(path)!r} is a folder, not a YAML file")
@@ -219,6 +220,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except yaml.YAMLError as e:
         where = config_yaml.describe_error(e)
         raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}") from None
+    if data is None and empty_ok:
+        return {}
     if data is None:
         only = " (only comments)" if text.strip() else ""
         raise ConfigError(f"config file {str(path)!r} is empty{only}")
@@ -242,6 +245,7 @@ def resolve(
     axes: Sequence[Layer] = (),
     overrides: Sequence[Layer] = (),
     required: Sequence[str] = (),
+    empty_file: bool = False,
 ) -> RunConfig:
     """The one way a config is made, by ``retain run``, ``--resume``, ``compare`` and ``sweep``.
 
@@ -253,14 +257,15 @@ def resolve(
     ``smoke``. The result is validated, and its method (with its arguments) and benchmark
     (with its arguments) are checked to exist, before anything is built or trained. Each key
     in ``required`` must be given by some layer (``retain run``: method and benchmark), not
-    left to its default.
+    left to its default. An empty ``file`` is refused unless ``empty_file`` (a run folder's
+    ``config.yaml``, compared with its checkpoint's afterwards).
 
     Raises:
         ConfigError: a bad key, value, name or file (one line).
     """
     config: dict[str, Any] = {}
     if file is not None:
-        apply(config, load_yaml(file), f"config {file}")
+        apply(config, load_yaml(file, empty_ok=empty_file), f"config {file}")
     if flags:
         apply(config, {k: v for k, v in flags.items() if v is not None}, "option")
     for source, updates in axes:
