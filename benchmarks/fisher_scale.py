@@ -17,8 +17,8 @@ import argparse
 import sys
 
 import torch
-import yaml
 
+from retain import config_yaml
 from retain.core.estimators import make_importance
 from retain.data import Benchmark, get_benchmark
 from retain.engine import fit
@@ -30,7 +30,7 @@ def parse_kv(text: str) -> dict:
     out = {}
     for part in filter(None, text.split(",")):
         key, _, value = part.partition("=")
-        out[key] = yaml.safe_load(value)
+        out[key] = config_yaml.load(value)  # 1e-3 is a number, as in configs
     return out
 
 

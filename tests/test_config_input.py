@@ -630,3 +630,13 @@ def test_resuming_a_folder_whose_config_yaml_was_emptied_trains_no_defaults(tmp_
     line = _refused(capsys, tmp_path, ["run", "--resume", str(run)])
     cfg = run / runio.CONFIG
     assert line == f"cannot resume: {cfg}: config file {str(cfg)!r} is empty (only comments)"
+
+
+def test_python_callers_may_pass_numpy_numbers():
+    import numpy as np
+
+    from retain.methods import make_method
+
+    assert make_method("er", memory_size=np.int64(20)).buffer.size == 20
+    with pytest.raises(ValueError, match=r"^method_args.memory_size must be an integer, got 2.5$"):
+        make_method("er", memory_size=2.5)

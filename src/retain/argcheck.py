@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections.abc as cabc
 import difflib
 import inspect
+import numbers
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -146,10 +147,10 @@ def fits(value: Any, hint: Any) -> bool:
         return value is None
     if hint is bool:
         return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is int:  # numbers.Integral: numpy's integers too, from Python callers
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
     origin = typing.get_origin(hint) or hint
