@@ -318,13 +318,15 @@ def test_an_argument_of_the_wrong_kind_names_the_key(tmp_path, capsys, argv, mes
     assert _refused(capsys, tmp_path, [*RUN, *argv, "--out", str(out)]) == message
 
 
-def test_every_shipped_config_still_resolves():
+@pytest.mark.parametrize("smoke", [None, True])
+def test_every_shipped_config_still_resolves(smoke):
     """The argument checks refuse none of configs/ (head_bias beside the backbone's options,
-    EWC's importance_args for the estimator named 'spg', ScrollNet's base_args)."""
+    EWC's importance_args for the estimator named 'spg', ScrollNet's base_args), with the
+    smoke overlay's caps too."""
     configs = sorted((Path(__file__).parents[1] / "configs").rglob("*.yaml"))
     assert len(configs) > 30
     for path in configs:
-        resolve(path)
+        assert resolve(path, {"smoke": smoke}).smoke is bool(smoke)
 
 
 def test_nested_base_args_are_checked_only_against_a_method():
