@@ -1,4 +1,4 @@
-"""ER-ACE: experience replay with an asymmetric cross-entropy."""
+"""My ER-ACE: a version of experience replay with an asymmetric cross-entropy, from scratch."""
 
 from __future__ import annotations
 
@@ -14,23 +14,23 @@ from retain.models import ContinualModel
 
 
 @register
-class ERACE(Method):
-    """ER-ACE (Caccia et al., "New insights on reducing abrupt representation change in
-    online continual learning", ICLR 2022): the incoming batch's cross-entropy sees only the
-    logits of its task's classes, a replayed batch's those of every class seen so far, so
-    learning new classes does not push the old classes' logits down::
+class MyERACE(Method):
+    """A version of ER-ACE (Caccia et al., "New insights on reducing abrupt representation
+    change in online continual learning", ICLR 2022): the incoming batch's cross-entropy sees
+    only the logits of its task's classes, a replayed batch's those of every class seen so far,
+    so learning new classes does not push the old classes' logits down::
 
         L = CE(f(x)[:, C_t], y) + CE(f(x_mem)[:, C_0 u ... u C_t], y_mem)     (replay from t=1)
 
     The memory is a reservoir over the whole stream (Vitter's algorithm R), offered each
     incoming batch after the optimiser step. (The paper masks to the classes present in the
-    incoming batch; with a head per task, retain uses the batch's task's classes.)
+    incoming batch, as retain's ``er-ace`` does; this version uses the batch's task's classes.)
 
     Args:
         memory_size: buffer slots.
     """
 
-    name = "er-ace"
+    name = "my-er-ace"
     data_parallel = False
     data_parallel_note = "its replay buffer, filled from training batches, would differ per process"
 
@@ -40,7 +40,7 @@ class ERACE(Method):
 
     def setup(self, model: ContinualModel, info: BenchmarkInfo) -> None:
         if model.shared_head:
-            raise ValueError("er-ace needs one head per task (head='task'), not a shared head")
+            raise ValueError("my-er-ace needs one head per task (head='task'), not a shared head")
         super().setup(model, info)
 
     def trainable_parameters(self, task: Task) -> list[nn.Parameter]:

@@ -74,6 +74,10 @@ SETTINGS: dict[str, Setting] = {
     "scrollnet": Setting({"base": "finetune", "splits": 2}),
     "spg": Setting({"importance_epoch": 1}),  # importance taken in before_epoch
     "er-ace": Setting(SMALL_MEMORY),
+    "my-er-ace": Setting(SMALL_MEMORY),  # docs/adding-a-method.md's
+    # candidates above the stream batch (16): it selects; lr: its own loop has no trainer to
+    # read the run's lr from (fit's path, lr=None, is tests/test_mir.py's)
+    "mir": Setting({**SMALL_MEMORY, "candidates": 20, "lr": 0.05}),
 }
 #: methods that checkpoint only at task boundaries, with the reason: killed after the first
 #: task's checkpoint instead of inside task 2
