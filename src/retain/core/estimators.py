@@ -4,20 +4,28 @@ A consumer (EWC's quadratic penalty, SPG's soft gradient mask) takes its estimat
 with options, ``make_importance("fisher", labels="true")``, or as an instance. The built-in
 ones are :class:`~retain.core.importance.FisherImportance` (``"fisher"``),
 :class:`~retain.core.importance.MASImportance` (``"mas"``),
-:class:`~retain.core.importance.PathIntegral` (``"si"``) and
-:class:`~retain.core.spg_importance.SPGImportance` (``"spg"``); :func:`register_importance`
-adds one of your own.
+:class:`~retain.core.importance.PathIntegral` (``"si"``),
+:class:`~retain.core.importance.RiemannianWalk` (``"rwalk"``: EWC++'s online Fisher plus the
+path score) and :class:`~retain.core.spg_importance.SPGImportance` (``"spg"``);
+:func:`register_importance` adds one of your own.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from retain.core.importance import FisherImportance, Importance, MASImportance, PathIntegral
+from retain.core.importance import (
+    FisherImportance,
+    Importance,
+    MASImportance,
+    PathIntegral,
+    RiemannianWalk,
+)
 from retain.core.spg_importance import SPGImportance
 
 ESTIMATORS: dict[str, type[Importance]] = {
-    cls.name: cls for cls in (FisherImportance, MASImportance, PathIntegral, SPGImportance)
+    cls.name: cls
+    for cls in (FisherImportance, MASImportance, PathIntegral, RiemannianWalk, SPGImportance)
 }
 
 

@@ -499,7 +499,7 @@ class PathIntegral(Importance):
     @torch.no_grad()
     def after_step(self) -> None:
         if not self.prev:
-            raise RuntimeError("PathIntegral.before_task must be called before training")
+            raise RuntimeError(f"{type(self).__name__}.before_task must be called before training")
         for n, p in self.params.items():
             prev = self.prev[n]
             if p.grad is not None:
@@ -508,8 +508,17 @@ class PathIntegral(Importance):
                     reg = self.regularizer_grad(n, prev)
                     if reg is not None:
                         g = g - reg
-                self.omega[n].sub_((g * (p - prev)).float())
+                self._accumulate(n, p, g)
             prev.copy_(p)
+        self._stepped()
+
+    def _accumulate(self, name: str, p: Tensor, g: Tensor) -> None:
+        """One step of parameter ``name``: ``g`` the task-loss gradient at ``prev``, ``p`` the
+        value after the step."""
+        self.omega[name].sub_((g * (p - self.prev[name])).float())
+
+    def _stepped(self) -> None:
+        """Called once after every step, when every parameter has been accumulated."""
 
     @torch.no_grad()
     def compute(self, model: nn.Module, task: Task, heads: str = "task") -> ImportanceDict:
@@ -528,3 +537,130 @@ class PathIntegral(Importance):
         self.omega = {n: t.clone() for n, t in state["omega"].items()}
         self.start = {n: t.clone() for n, t in state["start"].items()}
         self.prev = {n: t.clone() for n, t in state["prev"].items()}
+
+
+class RiemannianWalk(PathIntegral):
+    """RWalk's importance (Chaudhry, Dokania, Ajanthan & Torr, ECCV 2018): ``F + s``.
+
+    Both parts are accumulated online, from the gradient ``g`` of the task loss alone at every
+    optimiser step (the step's ``.grad`` minus the consumer's penalty gradient, as
+    :class:`PathIntegral`, whose step loop this shares):
+
+    * ``F``, EWC++'s Fisher (Eq. 6): the squared mini-batch gradient averaged over training
+      iterations, ``F <- alpha * g^2 + (1 - alpha) * F`` (``F = g^2`` at the very first step);
+      it runs on across tasks, never restarts.
+    * ``s``, the path score (Eq. 7): the first-order loss change of every interval of
+      ``interval`` steps, ``Delta L = -sum g * Delta theta`` (SI's ``omega``), divided by the
+      KL distance it travelled, ``1/2 F (theta - theta_start)^2 + eps`` (``F`` after the
+      interval's last step), clamped at 0 (the authors' code: only positive influence counts)
+      and summed over the task; an unfinished last interval is closed at :meth:`compute`.
+      Over tasks ``s <- (s + s_task) / 2`` (the paper's averaging against growing rigidity),
+      with the first task's score taken as is, as the authors' code does.
+
+    :meth:`compute` returns ``F + s`` (Eq. 8's weight), the whole accumulated importance: the
+    consumer replaces its weight by it (``QuadraticPenalty`` in ``"ema"`` mode with
+    ``alpha=0``). With ``score=False`` it is EWC++'s Fisher alone.
+
+    Args:
+        alpha: weight of the *new* squared gradient in the Fisher's moving average (the
+            paper's alpha; FACIL's default 0.5).
+        eps: the damping of the score's denominator (FACIL's ``damping``, 0.1).
+        interval: steps per score interval (the paper's ``Delta t``; 10 in the authors' code).
+        score: add the path score (False: the Fisher alone, EWC++).
+        total_gradient: as :class:`PathIntegral` (keep the penalty's part of the gradient).
+    """
+
+    name = "rwalk"
+
+    def __init__(
+        self,
+        alpha: float = 0.5,
+        eps: float = 0.1,
+        interval: int = 10,
+        score: bool = True,
+        total_gradient: bool = False,
+    ) -> None:
+        if not eps > 0:
+            raise ValueError(f"eps must be positive, got {eps}")
+        super().__init__(xi=eps, total_gradient=total_gradient)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if int(interval) != interval or interval < 1:
+            raise ValueError(f"interval must be a positive integer, got {interval}")
+        self.alpha = float(alpha)
+        self.eps = float(eps)
+        self.interval = int(interval)
+        self.score = bool(score)
+        self.fisher: ImportanceDict = {}
+        self.task_score: ImportanceDict = {}
+        self.mean_score: ImportanceDict = {}
+        self.steps = 0  # steps of the current interval
+        self.n_tasks = 0
+
+    def setup(self, params, regularizer_grad=None) -> None:
+        super().setup(params, regularizer_grad)
+        self.fisher, self.task_score, self.mean_score = {}, {}, {}
+        self.steps = self.n_tasks = 0
+
+    def before_task(self, task: Task) -> None:
+        super().before_task(task)  # omega = 0; start (of the interval) = prev = theta
+        self.task_score = {n: torch.zeros_like(w) for n, w in self.omega.items()}
+        self.steps = 0
+
+    def _accumulate(self, name: str, p: Tensor, g: Tensor) -> None:
+        super()._accumulate(name, p, g)  # Eq. 7's numerator: Delta L += -g * Delta theta
+        sq = g.float().square()
+        old = self.fisher.get(name)
+        # Eq. 6 (EWC++): F <- alpha F_new + (1 - alpha) F_old
+        self.fisher[name] = sq if old is None else self.alpha * sq + (1 - self.alpha) * old
+
+    def _stepped(self) -> None:
+        self.steps += 1
+        if self.steps == self.interval:
+            self._close_interval()
+
+    @torch.no_grad()
+    def _close_interval(self) -> None:
+        """Eq. 7 for the interval that ends now; ``omega`` and ``start`` restart."""
+        for n, p in self.params.items():
+            f = self.fisher.get(n)
+            if f is None:  # never had a gradient: no score
+                f = torch.zeros_like(self.omega[n])
+            dist = 0.5 * f * (p.detach() - self.start[n]).float().square() + self.eps
+            self.task_score[n] += (self.omega[n] / dist).clamp_min(0)
+            self.omega[n].zero_()
+            self.start[n].copy_(p)
+        self.steps = 0
+
+    @torch.no_grad()
+    def compute(self, model: nn.Module, task: Task, heads: str = "task") -> ImportanceDict:
+        if self.steps:
+            self._close_interval()
+        for n, s in self.task_score.items():
+            old = self.mean_score.get(n)
+            # s <- (s_old + s_task) / 2; the first task's score as is (the authors' code)
+            self.mean_score[n] = s.clone() if old is None else (old + s) / 2
+            s.zero_()
+        self.n_tasks += 1
+        out = {}
+        for n, p in self.params.items():
+            f = self.fisher.get(n, torch.zeros_like(p, dtype=torch.float32))
+            out[n] = f + self.mean_score[n] if self.score else f.clone()
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **super().state_dict(),
+            "fisher": self.fisher,
+            "task_score": self.task_score,
+            "mean_score": self.mean_score,
+            "steps": self.steps,
+            "n_tasks": self.n_tasks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        for key in ("fisher", "task_score", "mean_score"):
+            setattr(self, key, {n: t.clone() for n, t in state[key].items()})
+        self.steps = state["steps"]
+        self.n_tasks = state["n_tasks"]
