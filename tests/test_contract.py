@@ -74,6 +74,7 @@ SETTINGS: dict[str, Setting] = {
     "scrollnet": Setting({"base": "finetune", "splits": 2}),
     "spg": Setting({"importance_epoch": 1}),  # importance taken in before_epoch
     "er-ace": Setting(SMALL_MEMORY),
+    "gem": Setting(SMALL_MEMORY),  # fewer memories per task than a task's samples
     "my-er-ace": Setting(SMALL_MEMORY),  # docs/adding-a-method.md's
     # candidates above the stream batch (16): it selects; lr: its own loop has no trainer to
     # read the run's lr from (fit's path, lr=None, is tests/test_mir.py's)

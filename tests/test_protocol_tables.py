@@ -26,9 +26,11 @@ DEFAULT_HEADS = {
     **dict.fromkeys(["icarl", "bic", "lucir"], "seen"),
     **dict.fromkeys(["wsn", "packnet", "hat", "supsup", "spg", "eidetic", "one"], "task"),
     "scrollnet": "task",  # its default base, finetune
+    "gem": "seen",
 }
 TAKES_LOSS_HEADS = {"finetune", "ewc", "lwf", "mas", "si", "er", "der", "derpp", "agem", "joint"}
 TAKES_LOSS_HEADS |= {"dynamos", "dynamos-base"}
+TAKES_LOSS_HEADS |= {"gem"}
 FAST = ["--benchmark", "split-digits", "--set", "batch_size=32", "--seeds", "1"]
 ROWS = [[0.9, 0.5], [0.6, 0.9]]
 
