@@ -615,11 +615,23 @@ class Trainer:
             disable=not self.progress,
         )
 
-    def train_epochs(self, task: Task, epochs: int | None = None) -> None:
-        """The default procedure: ``epochs`` epochs of SGD on ``task`` with a fresh optimiser."""
+    def train_epochs(
+        self,
+        task: Task,
+        epochs: int | None = None,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> None:
+        """The default procedure: ``epochs`` epochs of SGD on ``task`` with a fresh optimiser.
+
+        A method's own procedure may pass a fresh ``optimizer`` of its own and its epoch
+        ``scheduler`` (``step()`` after every epoch; GDumb's warm restarts) instead of the
+        run's: a checkpoint inside the task stores both, and a resumed run loads them."""
         epochs = self.config.epochs if epochs is None else epochs
-        optimizer = self.make_optimizer(self.method.trainable_parameters(task))
-        scheduler = self.make_scheduler(optimizer)
+        if optimizer is None:
+            optimizer = self.make_optimizer(self.method.trainable_parameters(task))
+            scheduler = self.make_scheduler(optimizer)
         start = 0
         if self._resume is not None:  # continue a task that was checkpointed mid-way
             optimizer.load_state_dict(self._resume["optimizer"])

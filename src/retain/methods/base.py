@@ -151,7 +151,14 @@ class TaskTrainer(Protocol):
 
     def progress_bar(self, task: Task, total: int | None = None) -> Any: ...
 
-    def train_epochs(self, task: Task, epochs: int | None = None) -> None: ...
+    def train_epochs(
+        self,
+        task: Task,
+        epochs: int | None = None,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        scheduler: Any = None,
+    ) -> None: ...
 
     def run_epoch(
         self,
