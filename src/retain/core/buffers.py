@@ -356,3 +356,107 @@ def embed(model: nn.Module, x: Tensor, batch_size: int = 1000) -> Tensor:
     finally:
         model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+# ---------------------------------------------------------------------------- class-balanced slots
+def balanced_quotas(capacity: Tensor, total: int, priority: Tensor) -> Tensor:
+    """Slots per group when ``total`` slots are shared as evenly as possible (water-filling).
+
+    ``capacity[k]`` is the most group ``k`` can fill. Every group gets ``min(capacity, L)`` for
+    the largest level ``L`` that fits, and the slots left over go, one each, to the groups
+    that could take more, in the order ``priority`` (indices into ``capacity``). Groups not
+    limited by their capacity then differ by at most one."""
+    cap = capacity.long()
+    if len(cap) == 0 or total <= 0:
+        return torch.zeros_like(cap)
+    lo, hi = 0, int(cap.max())
+    while lo < hi:  # largest L with sum(min(cap, L)) <= total
+        mid = (lo + hi + 1) // 2
+        if int(cap.clamp(max=mid).sum()) <= total:
+            lo = mid
+        else:
+            hi = mid - 1
+    quota = cap.clamp(max=lo)
+    spare = total - int(quota.sum())
+    if spare > 0:
+        room = priority[cap[priority] > lo][:spare]
+        quota[room] += 1
+    return quota
+
+
+class ClassBalancedBuffer(ReservoirBuffer):
+    """Slots shared evenly by the groups (classes) seen so far, refilled once per task.
+
+    The storage, :meth:`sample` and :meth:`update` are those of :class:`ReservoirBuffer`
+    (same slots, same draws). Instead of admitting a stream item by item, :meth:`rebalance`
+    is called with the labels of a whole task: every group present gives up samples to the
+    new shares (it keeps its first ones in slot order), each new group gets a uniformly random
+    subset of its candidates, and the caller writes the chosen candidates with :meth:`write`.
+    Shares come from :func:`balanced_quotas`, so groups with enough samples differ by at most
+    one slot; new groups take the odd slots first (in a random order), then the groups
+    present by id (X-DER's class-balanced buffer, Boschini et al. 2022).
+
+    Args:
+        size: number of slots.
+        seed: seed of the buffer's generator; ``None`` draws one from torch's global generator
+            on first use.
+    """
+
+    def __init__(self, size: int, seed: int | None = None) -> None:
+        super().__init__(size, seed)
+        #: group of the sample in every slot (-1: empty)
+        self.group = torch.full((self.size,), -1, dtype=torch.long)
+
+    def counts(self) -> dict[int, int]:
+        """Stored samples per group."""
+        g, c = torch.unique(self.group[self.valid], return_counts=True)
+        return {int(a): int(b) for a, b in zip(g, c)}
+
+    def rebalance(self, groups: Tensor) -> tuple[Tensor, Tensor]:
+        """Shrink the groups present to their new shares and choose the candidates of the new
+        groups in ``groups`` (one group per candidate); returns ``(chosen, slots)``: indices
+        into ``groups`` and the free slots they are to be written to (with :meth:`write`).
+        Candidates of a group already present are ignored."""
+        groups = groups.long()
+        present = self.counts()
+        new = [int(g) for g in torch.unique(groups) if int(g) not in present]
+        order = torch.randperm(len(new), generator=self.generator)
+        names = [new[i] for i in order] + sorted(present)
+        cap = torch.tensor(
+            [int((groups == g).sum()) for g in names[: len(new)]]
+            + [present[g] for g in sorted(present)],
+            dtype=torch.long,
+        )
+        quota = balanced_quotas(cap, self.size, torch.arange(len(names)))
+        for g, q in zip(names[len(new) :], quota[len(new) :].tolist()):
+            slots = torch.nonzero(self.valid & (self.group == g)).squeeze(1)
+            drop = slots[int(q) :]
+            self.valid[drop] = False
+            self.group[drop] = -1
+        chosen = []
+        for g, q in zip(names[: len(new)], quota[: len(new)].tolist()):
+            idx = torch.nonzero(groups == g).squeeze(1)
+            chosen.append(idx[torch.randperm(len(idx), generator=self.generator)[: int(q)]])
+        pick = torch.cat(chosen) if chosen else torch.empty(0, dtype=torch.long)
+        free = torch.nonzero(~self.valid).squeeze(1)[: len(pick)]
+        self.group[free] = groups[pick]
+        return pick, free
+
+    def write(self, slots: Tensor, **tensors: Tensor) -> None:
+        """Store samples (every field, as in :meth:`ReservoirBuffer.add`) in ``slots``, the
+        slots :meth:`rebalance` returned."""
+        if not self.data:
+            self._allocate(tensors)
+        elif set(tensors) != set(self.data):
+            raise ValueError(f"write() needs exactly the fields {sorted(self.data)}")
+        for k, v in tensors.items():
+            self.data[k][slots] = v.detach().to(self.data[k].dtype)
+        self.valid[slots] = True
+        self.seen += len(slots)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "group": self.group.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.group = state["group"].clone()
