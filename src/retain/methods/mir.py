@@ -55,7 +55,7 @@ class MIR(ReplayMethod):
     Args:
         memory_size: buffer slots.
         candidates: samples drawn from the memory per step and scored (``C``; the official
-            code's ``subsample``, 50).
+            code's ``subsample``, 50); no more than ``k``: every one is replayed (ER).
         minibatch_size: samples replayed per step (``k``; default: the stream batch's size).
         lr: learning rate of the virtual step; ``None`` (default): the run's learning rate at
             the current epoch (the trainer's ``lr`` after its ``lr_milestones``), read in
