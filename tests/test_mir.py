@@ -13,7 +13,7 @@ from retain.data.benchmark import Task
 from retain.engine import fit
 from retain.methods import BenchmarkInfo, make_method
 from retain.methods.base import Batch
-from retain.methods.mir import top_interfered
+from retain.methods.mir import MIR, top_interfered
 from retain.models import ContinualModel
 from tests.own_loop import train_task
 from tests.synthetic import TinyBackbone, blobs
@@ -128,6 +128,26 @@ def test_equals_er_when_candidates_equal_the_replayed_batch():
     assert er_result.task_agnostic.rows == mir_result.task_agnostic.rows
     _, _, other = _fit("mir", candidates=40)
     assert other.task_agnostic.rows != er_result.task_agnostic.rows  # selecting changes it
+
+
+def test_scoring_changes_nothing_but_the_choice_over_a_whole_run(monkeypatch):
+    """With every score equal, the top k of C > k candidates are the first k drawn: ER's draw.
+    The virtual step and both scoring passes run at every step (dropout in the model), so any
+    trace they left (weights, random numbers, the buffer's generator) would part the runs."""
+    calls = []
+    score = MIR.interference
+
+    def flat(self, memory, virtual):
+        calls.append(1)
+        return torch.zeros_like(score(self, memory, virtual))
+
+    monkeypatch.setattr(MIR, "interference", flat)
+    er_model, _, er_result = _fit("er")
+    mir_model, _, mir_result = _fit("mir", candidates=40)
+    assert calls  # the candidates were scored
+    for a, b in zip(er_model.state_dict().values(), mir_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert er_result.task_agnostic.rows == mir_result.task_agnostic.rows
 
 
 def test_fit_gives_the_run_lr_after_its_milestones():

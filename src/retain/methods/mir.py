@@ -50,12 +50,14 @@ class MIR(ReplayMethod):
     4. train on ``B`` concatenated with them, as ER: ``mean_{(x,y) in B u M_k} CE``.
 
     The stream batch enters the reservoir after the optimiser step. With ``candidates <= k``
-    every candidate is replayed in its drawn order, and MIR is ER exactly.
+    every candidate is replayed in its drawn order, unscored: MIR is then ER with a memory
+    batch of ``candidates`` (ER exactly for ``candidates == k``).
 
     Args:
         memory_size: buffer slots.
         candidates: samples drawn from the memory per step and scored (``C``; the official
-            code's ``subsample``, 50); no more than ``k``: every one is replayed (ER).
+            code's ``subsample``, 50); no more than ``k``: all are replayed, unscored (ER with
+            a memory batch of ``candidates``).
         minibatch_size: samples replayed per step (``k``; default: the stream batch's size).
         lr: learning rate of the virtual step; ``None`` (default): the run's learning rate at
             the current epoch (the trainer's ``lr`` after its ``lr_milestones``), read in
@@ -159,12 +161,14 @@ class MIR(ReplayMethod):
 
     def retrieve(self, batch: Batch, task: Task) -> dict[str, Tensor]:
         """The ``k`` most interfered of ``candidates`` samples drawn from the memory."""
-        device = batch.x.device
+        device, k = batch.x.device, self.memory_batch_size(batch)
         pool = self.buffer.sample(self.candidates)
-        pool = {k: v.to(device) for k, v in pool.items()}
+        pool = {name: v.to(device) for name, v in pool.items()}
+        if len(pool["y"]) <= k:  # every candidate is replayed: nothing to score
+            return pool
         scores = self.interference(pool, self.virtual_parameters(batch, task))
-        keep = top_interfered(scores, self.memory_batch_size(batch))
-        return {k: v[keep] for k, v in pool.items()}
+        keep = top_interfered(scores, k)
+        return {name: v[keep] for name, v in pool.items()}
 
     def loss(self, batch: Batch, task: Task) -> Tensor:
         batch.memo = {}  # the stream samples enter the buffer after the step
