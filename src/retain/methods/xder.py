@@ -18,7 +18,7 @@ from retain.methods.base import Batch, register
 
 
 def rescale_block(block: Tensor, gt: Tensor, gamma: float) -> Tensor:
-    """X-DER's logit rescaling (Sec. 4.1, the update rule of the buffer logits): a block of
+    """X-DER's logit rescaling (the paper's memory-update rule, "rewriting the past"): a block of
     logits ``block`` (``[n, k]``) that is to be stored for samples whose true-class logit is
     ``gt`` (``[n]``) is scaled, where its maximum exceeds ``gt``, by ``gamma * gt / max`` so
     that its maximum becomes ``gamma * gt < gt``: the true class stays the largest stored
@@ -82,27 +82,30 @@ class XDER(ReplayMethod):
     into the eXtended DER-verse", TPAMI 2022. On top of DER++'s objective (``CE + alpha * MSE of
     stored logits + beta * CE of replayed labels``) every part below can be turned off:
 
-    * ``past_update`` (Sec. 4.1, memory update): when task ``t`` ends, the stored logits of
-      the buffer samples of tasks ``< t`` get their entries of task ``t``'s classes replaced by
-      the current network's outputs (``future_update``: also the entries of the future heads,
-      as the official code does), rescaled by :func:`rescale_block` (``rescale``).
-    * ``rescale`` (Sec. 4.1): the transplanted logits, and the past heads' logits of the
-      samples a task inserts, are scaled by ``gamma * gt / max`` where they exceed the true
-      class's logit ``gt``, so the stored maximum stays the true class.
-    * ``future_preparation`` (Sec. 4.2): a supervised contrastive loss (weight ``lambd``,
-      temperature ``temperature``) on the logits of every future head, over ``views``
-      augmentations of the stream batch and ``contrast_size`` buffer samples.
-    * ``future_constraint`` / ``past_constraint`` (Sec. 4.2-4.3): hinges of weight ``eta`` and
-      margin ``m``: the largest future logit stays ``m`` below the largest logit of the
-      sample's own head; the current head's best softmax probability stays ``m`` above the
-      past heads' best (stream samples; off by default, as in the official code).
-    * ``present_head`` (Sec. 4.3): the stream's CE sees the current task's head only, and the
-      replayed CE the past heads only (``False``: DER++'s CE over every head seen so far).
-    * ``balanced`` (Sec. 4.1): the buffer is filled at the end of each task, class-balanced
-      (:class:`~retain.core.buffers.ClassBalancedBuffer`), with the logits of the trained
-      network (``False``: DER++'s reservoir filled from the stream, with logits at insertion).
+    * ``past_update`` ("rewriting the past", the memory update): when task ``t`` ends, the
+      stored logits of the buffer samples of tasks ``< t`` get their entries of task ``t``'s
+      classes replaced by the current network's outputs (``future_update``: also the entries
+      of the future heads, as the official code does), rescaled by :func:`rescale_block`.
+    * ``rescale`` (the memory update's rescaling): the transplanted logits, and the past
+      heads' logits of the samples a task inserts, are scaled by ``gamma * gt / max`` where
+      they exceed the true class's logit ``gt``, so the stored maximum stays the true class.
+    * ``future_preparation`` ("preparing the future"): a supervised contrastive loss (weight
+      ``lambd``, temperature ``temperature``) on the logits of every future head, over
+      ``views`` augmentations of the stream batch and ``contrast_size`` buffer samples.
+    * ``future_constraint`` / ``past_constraint`` (the logit constraints): hinges of weight
+      ``eta`` and margin ``m``: the largest future logit stays ``m`` below the largest logit
+      of the sample's own head; the current head's best softmax probability stays ``m``
+      above the past heads' best (stream samples; off by default, as in the official code).
+    * ``present_head`` (separate cross-entropies, against the bias towards new classes): the
+      stream's CE sees the current task's head only, and the replayed CE the past heads only
+      (``False``: DER++'s CE over every head seen so far).
+    * ``balanced`` (the class-balanced memory): the buffer is filled at the end of each task,
+      class-balanced (:class:`~retain.core.buffers.ClassBalancedBuffer`), with the logits of
+      the trained network (``False``: DER++'s reservoir from the stream, logits at insertion).
 
     With every part off X-DER is DER++ (tests/test_xder.py checks the loss on one batch).
+    The parts are cited by the paper's names for them, not by equation number (see the docs
+    page); what each computes follows the paper and the official code (Mammoth).
 
     Args:
         memory_size: buffer slots.
