@@ -238,6 +238,7 @@ def test_hook_projects_against_every_past_task_memory(loss_heads, head):
             )
         else:
             cases["kept"] += 1
+            assert m.projected == before
             assert torch.equal(new, g)
     assert cases["projected"] > 0, cases
 
