@@ -214,6 +214,8 @@ class XDER(ReplayMethod):
             mems.append(self.buffer.sample(mb))
             if self.beta > 0:
                 mems.append(self.buffer.sample(mb))
+        dev = batch.x.device
+        mems = [{k: v.to(dev) for k, v in mm.items()} for mm in mems]  # the buffer is on CPU
         x = torch.cat([batch.x, *(mm["x"] for mm in mems)]) if mems else batch.x
         full = self.model(x)  # every head
         z = full[:n]
@@ -298,10 +300,10 @@ class XDER(ReplayMethod):
         x = batch.x
         labels = self.model.global_labels(batch.y, batch.task_ids)
         if not self.buffer.is_empty and self.contrast_size > 0:
-            extra = self.buffer.sample(self.contrast_size)
-            x = torch.cat([extra["x"].to(x.device), x])
+            extra = {k: v.to(x.device) for k, v in self.buffer.sample(self.contrast_size).items()}
+            x = torch.cat([extra["x"], x])
             buf_labels = self.model.global_labels(extra["y"], extra["task_ids"])
-            labels = torch.cat([buf_labels.to(labels.device), labels])
+            labels = torch.cat([buf_labels, labels])
         views = augment_views(x, self.views, self.buffer.generator)
         out = self.model(views).reshape(len(x), self.views, -1)
         heads = range(t + 1, self.model.n_tasks)
