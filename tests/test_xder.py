@@ -128,6 +128,7 @@ def test_balanced_quotas_and_buffer_counts_within_one() -> None:
 def test_parts_off_loss_equals_derpp() -> None:
     off = dict(
         past_update=False,
+        online_update=False,
         rescale=False,
         future_preparation=False,
         future_constraint=False,
@@ -186,3 +187,25 @@ def test_future_heads_trained_and_bad_arguments() -> None:
     for bad in ({"gamma": 0}, {"gamma": 1.5}, {"views": 1}, {"temperature": 0}, {"m": -1}):
         with pytest.raises(ValueError):
             XDER(**bad)
+
+
+def test_online_update_rewrites_current_heads_of_replayed_past_samples() -> None:
+    method = _method(future_update=False)
+    method.before_task(_task(0))
+    method.after_task(_task(0))
+    task = _task(1)
+    method.before_task(task)
+    with torch.no_grad():  # the network has moved on since the samples were stored
+        for p in method.model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    before = method.buffer.get_all()["logits"].clone()
+    b = Batch(task.x_train[:6], task.y_train[:6], torch.ones(6, dtype=torch.long), 1)
+    method.loss(b, task)  # first replay of every sample drawn: probability 1
+    after = method.buffer.get_all()["logits"]
+    changed = (after != before).any(dim=1)
+    assert bool(changed.any())
+    assert int(changed.sum()) == int((method.replayed > 0).sum())  # exactly the replayed ones
+    diff = after != before
+    assert not bool(diff[:, : OFF[1]].any()) and not bool(diff[:, OFF[2] :].any())
+    method.after_task(task)
+    assert not bool(method.replayed.any())  # the odds restart with the next task

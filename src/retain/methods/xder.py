@@ -119,6 +119,9 @@ class XDER(ReplayMethod):
         eta: weight of the future and past constraints.
         m: margin of the future and past constraints.
         past_update: rewrite the stored logits at the end of every task.
+        online_update: also rewrite them while a task trains, for replayed samples of past
+            tasks (the official code's in-task update; each with probability 1 / the times it
+            was replayed in the task).
         future_update: the past update also rewrites the future heads' entries.
         rescale: rescale transplanted and inserted past-head logits (``gamma``).
         future_preparation: train the future heads with the contrastive loss.
@@ -147,6 +150,7 @@ class XDER(ReplayMethod):
         eta: float = 0.1,
         m: float = 0.3,
         past_update: bool = True,
+        online_update: bool = True,
         future_update: bool = True,
         rescale: bool = True,
         future_preparation: bool = True,
@@ -175,6 +179,9 @@ class XDER(ReplayMethod):
         )
         self.views, self.contrast_size = int(views), int(contrast_size)
         self.past_update, self.future_update, self.rescale = past_update, future_update, rescale
+        self.online_update = online_update
+        #: times each slot was replayed in the current task (the online update's odds)
+        self.replayed = torch.zeros(memory_size)
         self.future_preparation = future_preparation
         self.future_constraint, self.past_constraint = future_constraint, past_constraint
         self.present_head, self.balanced = present_head, balanced
@@ -224,6 +231,8 @@ class XDER(ReplayMethod):
             batch.memo = {"logits": z.detach()}  # DER++'s reservoir admission after the step
         if mems:
             loss = loss + self._replay_terms(full[n:], mems, task)
+            if self.online_update and self.current_task > 0 and not self.model.shared_head:
+                self._update_online(full[n:].detach(), mems)
         if self._prepares_future():
             loss = loss + self._future_terms(batch, z, full[n:], mems)
         if self.past_constraint and self.current_task > 0 and not self.model.shared_head:
@@ -327,12 +336,45 @@ class XDER(ReplayMethod):
         if not self.balanced:
             super().after_step(batch, task)
 
+    @torch.no_grad()
+    def _update_online(self, zm_all: Tensor, mems: list[dict[str, Tensor]]) -> None:
+        """The in-task memory update (official code): replayed samples of past tasks (each
+        once) get their entries of the current and future heads from this step's outputs,
+        rescaled, each with probability ``1 / (times replayed in this task)``."""
+        assert self.model is not None
+        index = torch.cat([mm["index"] for mm in mems]).cpu()
+        keep = first_occurrences(index)
+        tids = torch.cat([mm["task_ids"] for mm in mems]).cpu()
+        keep &= tids < self.current_task
+        if not bool(keep.any()):
+            return
+        index, out = index[keep], zm_all.cpu()[keep]
+        self.replayed[index] += 1
+        draw = torch.rand(len(index), generator=self.buffer.generator)
+        pick = draw * self.replayed[index] < 1
+        if not bool(pick.any()):
+            return
+        index, out = index[pick], out[pick]
+        off = self._offsets()
+        t = self.current_task
+        logits = self.buffer.data["logits"][index].clone()
+        end = off[-1] if self.future_update else off[t + 1]
+        block = out[:, off[t] : end]
+        if self.rescale:
+            gcol = self.model.global_labels(
+                self.buffer.data["y"][index], self.buffer.data["task_ids"][index]
+            )
+            block = rescale_block(block, logits[torch.arange(len(index)), gcol], self.gamma)
+        logits[:, off[t] : end] = block
+        self.buffer.update(index, logits=logits)
+
     def after_task(self, task: Task) -> None:
         assert self.model is not None
         if self.balanced:
             self._insert(task)
         if self.past_update and not self.model.shared_head and task.id > 0:
             self._update_past(task.id)
+        self.replayed.zero_()  # the online update's odds restart with every task
 
     @torch.no_grad()
     def _outputs(self, x: Tensor) -> Tensor:
@@ -386,12 +428,17 @@ class XDER(ReplayMethod):
         self.buffer.update(index, logits=logits)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "balanced": self.balanced}
+        return {
+            **super().state_dict(),
+            "balanced": self.balanced,
+            "replayed": self.replayed.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if bool(state.get("balanced", self.balanced)) != self.balanced:
             raise ValueError("xder state saved with a different 'balanced' setting")
         super().load_state_dict(state)
+        self.replayed = state["replayed"].clone()
 
 
 def _mean_positive(hinge: Tensor) -> Tensor:
