@@ -50,7 +50,8 @@ def nonnegative_qp(P: Tensor, c: Tensor, max_iter: int | None = None) -> Tensor:
             if bool((s[free] > 0).all()):
                 break
             down = free & (s <= 0)  # step from u towards s until the first one reaches 0
-            ratios = u[down] / (u[down] - s[down])
+            gap = u[down] - s[down]  # >= 0; 0 only where u = s = 0 (then no step)
+            ratios = torch.where(gap > 0, u[down] / gap.clamp_min(1e-300), torch.zeros_like(gap))
             alpha = float(ratios.min())
             u = u + alpha * (s - u)
             hit = torch.nonzero(down).squeeze(1)[int(torch.argmin(ratios))]
