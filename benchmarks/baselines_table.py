@@ -69,9 +69,13 @@ EPOCHS = 1
 #: slots of every memory (``memory_size`` of each method that takes one)
 MEMORY_SIZE = 200
 #: method -> method arguments of its own (only those its ``__init__`` takes are applied).
-#: Empty: every method runs with its documented defaults at the shared setting; add an entry
+#: Every other method runs with its documented defaults at the shared setting; add an entry
 #: where a method's paper needs another value for this setting.
-METHOD_SETTINGS: dict[str, dict[str, Any]] = {}
+METHOD_SETTINGS: dict[str, dict[str, Any]] = {
+    # GEM's memory_size counts samples per task by default (the paper's): the total instead,
+    # the same MEMORY_SIZE slots as every other buffer
+    "gem": {"per_task": False},
+}
 #: DER's seq-MNIST setting for buffer 200 (Buzzega et al. 2020, Appendix; Mammoth's
 #: best_args: lr 0.03, batch 10, minibatch 10, alpha 0.2, 1 epoch)
 DER_PAPER: dict[str, Any] = {
