@@ -27,10 +27,12 @@ DEFAULT_HEADS = {
     **dict.fromkeys(["wsn", "packnet", "hat", "supsup", "spg", "eidetic", "one"], "task"),
     "scrollnet": "task",  # its default base, finetune
     "gem": "seen",
+    **dict.fromkeys(["er-ace", "mir", "xder", "gdumb"], "seen"),
+    "rwalk": "task",  # as EWC
 }
 TAKES_LOSS_HEADS = {"finetune", "ewc", "lwf", "mas", "si", "er", "der", "derpp", "agem", "joint"}
 TAKES_LOSS_HEADS |= {"dynamos", "dynamos-base"}
-TAKES_LOSS_HEADS |= {"gem"}
+TAKES_LOSS_HEADS |= {"gem", "mir", "xder", "rwalk"}
 FAST = ["--benchmark", "split-digits", "--set", "batch_size=32", "--seeds", "1"]
 ROWS = [[0.9, 0.5], [0.6, 0.9]]
 
