@@ -24,7 +24,7 @@ def test_memory_and_method_settings_go_only_to_methods_that_take_them(monkeypatc
     assert "er:method_args.memory_size=200" in sets
     assert "er:method_args.minibatch_size=7" in sets
     assert not any(s.startswith("finetune:") or "lamb" in s for s in sets)
-    assert f"benchmark_args.n_tasks={bt.PERMUTED_TASKS}" in sets
+    assert 'head="shared"' in sets and "benchmark_args.train_per_class=1000" in sets
     assert argv[argv.index("--protocol") + 1] == "seen"
     assert argv[argv.index("--workers") + 1] == "2"
 
