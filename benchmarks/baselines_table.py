@@ -80,6 +80,10 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     # GEM's memory_size counts samples per task by default (the paper's): the total instead,
     # the same MEMORY_SIZE slots as every other buffer
     "gem": {"per_task": False},
+    # GDumb retrains on its memory alone; its own `epochs` (default: the run's one epoch, which
+    # is only the warm-up epoch at lr/10) chosen from 16/64 on seed 100
+    # (benchmarks/baselines_grid.yaml), against the paper's 128-256
+    "gdumb": {"epochs": 64},
 }
 #: DER's seq-MNIST setting for buffer 200 (Buzzega et al. 2020, Appendix; Mammoth's
 #: best_args: lr 0.03, batch 10, minibatch 10, alpha 0.2, 1 epoch)
@@ -198,6 +202,21 @@ def mean_std(values: list[float], scale: float = 100.0) -> str:
     return f"{mu:.1f} ± {sd:.1f}"
 
 
+def current(runs: list[dict[str, Any]], params: dict[str, list[str]]) -> list[dict[str, Any]]:
+    """The runs made with today's method settings (:func:`method_sets`); trials a folder
+    still holds from an earlier setting (another ``METHOD_SETTINGS`` entry) are left out,
+    named on stderr, so that a row never mixes two settings."""
+    kept = []
+    for run in runs:
+        wanted = {"memory_size": MEMORY_SIZE, **METHOD_SETTINGS.get(run["method"], {})}
+        taken = params.get(run["method"], [])
+        if all(run["method_args"].get(k) == v for k, v in wanted.items() if k in taken):
+            kept.append(run)
+        else:
+            print(f"baselines_table: left out {run['folder']} (another setting)", file=sys.stderr)
+    return kept
+
+
 def summarize(runs: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
     """One row per method (in ``order``): per-seed values, and time over finetune's."""
     from retain.report.protocol import method_protocol
@@ -299,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(f"{m}: refuses the shared head of {bench}, no row there")
             argv_ = compare_argv(bench, here, params, args.seeds, folder, args.workers)
             failed += run_compare(argv_, args.dry_run) != 0
-            tables[bench] = summarize(read_runs(folder), here)
+            tables[bench] = summarize(current(read_runs(folder), params), here)
     der_rows: list[dict[str, Any]] = []
     if args.der_epochs:
         epochs = [int(e) for e in args.der_epochs.split(",")]

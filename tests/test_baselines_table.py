@@ -68,3 +68,15 @@ def test_rows_are_mean_std_over_seeds_with_time_over_finetune(tmp_path):
     assert er["seeds"] == [0, 1] and er["time_over_finetune"] == 3.0  # 30 s over 10 s (2 tasks)
     assert bt.mean_std(er["tag_acc"]) == "70.0 ± 14.1"
     assert "| er | seen | 70.0 ± 14.1 |" in bt.markdown(rows)
+
+
+def test_trials_of_an_earlier_method_setting_are_left_out(monkeypatch, capsys):
+    monkeypatch.setattr(bt, "METHOD_SETTINGS", {"gdumb": {"epochs": 64}})
+    params = {"gdumb": ["memory_size", "epochs"], "finetune": ["loss_heads"]}
+    runs = [
+        {"method": "gdumb", "folder": "old", "method_args": {"memory_size": 200, "epochs": None}},
+        {"method": "gdumb", "folder": "new", "method_args": {"memory_size": 200, "epochs": 64}},
+        {"method": "finetune", "folder": "ft", "method_args": {"loss_heads": "seen"}},
+    ]
+    assert [r["folder"] for r in bt.current(runs, params)] == ["new", "ft"]
+    assert "left out old (another setting)" in capsys.readouterr().err
