@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from retain.core.estimators import make_importance
-from retain.core.importance import Importance, RiemannianWalk
+from retain.core.importance import Importance, RiemannianWalk, min_max_normalize
 from retain.engine import fit
 from retain.methods import make_method
 from retain.methods.ewc import EWC
@@ -44,7 +44,7 @@ def test_path_score_equals_its_formula_on_a_two_parameter_quadratic():
     want_s = d_loss / (0.5 * fisher * d_theta.square() + 0.1)
     # the interval closes after the second step, or (interval 5) at compute
     for interval in (2, 5):
-        est = RiemannianWalk(alpha=0.5, eps=0.1, interval=interval)
+        est = RiemannianWalk(alpha=0.5, eps=0.1, interval=interval, normalize=False)
         theta = _quadratic_steps(est, steps=2)
         assert torch.allclose(theta.detach(), d_theta)
         assert torch.allclose(est.fisher["theta"], fisher)
@@ -52,7 +52,7 @@ def test_path_score_equals_its_formula_on_a_two_parameter_quadratic():
         assert torch.allclose(est.mean_score["theta"], want_s, rtol=1e-6)
         assert torch.allclose(out, fisher + want_s, rtol=1e-6)  # the first task's s as is
     # two intervals of one step each: the score is the sum of the per-interval ratios
-    est = RiemannianWalk(alpha=0.5, eps=0.1, interval=1)
+    est = RiemannianWalk(alpha=0.5, eps=0.1, interval=1, normalize=False)
     _quadratic_steps(est, steps=2)
     est.compute(None, None)
     s1 = torch.tensor([0.4, 0.025]) / (0.5 * torch.tensor([4.0, 0.25]) * 0.04 + 0.1)
@@ -64,7 +64,7 @@ def test_path_score_equals_its_formula_on_a_two_parameter_quadratic():
 
 
 def test_a_step_that_raises_the_loss_scores_zero():
-    est = RiemannianWalk(interval=1)
+    est = RiemannianWalk(interval=1, normalize=False)
     _quadratic_steps(est, steps=3, maximize=True)  # gradient ascent: dL = -g dtheta < 0
     assert est.omega["theta"].abs().sum() == 0  # reset at every interval
     out = est.compute(None, None)["theta"]
@@ -101,7 +101,7 @@ def test_fisher_is_the_moving_average_of_the_squared_task_gradient():
 
 
 def test_scores_are_averaged_over_tasks():
-    est = RiemannianWalk(interval=1)
+    est = RiemannianWalk(interval=1, normalize=False)
     theta = _quadratic_steps(est, steps=2)
     first = est.compute(None, None)["theta"] - est.fisher["theta"]
     est.before_task(None)
@@ -151,7 +151,7 @@ def _model(bench, seed=0):
 def test_penalty_is_lambda_sum_fisher_plus_score_distance_on_a_made_up_state():
     bench = blobs()
     model = _model(bench)
-    rw = make_method("rwalk", lamb=3.0)
+    rw = make_method("rwalk", lamb=3.0, normalize=False)
     rw.setup(model, None)
     rw.before_task(bench[0])
     est = rw.estimator
@@ -184,6 +184,61 @@ def test_penalty_is_lambda_sum_fisher_plus_score_distance_on_a_made_up_state():
     assert torch.allclose(rw.loss(b, bench[1]), ce.loss(b, bench[1]) + want, rtol=1e-5)
 
 
+def test_normalised_importance_is_the_min_max_of_fisher_and_score_and_weights_the_penalty():
+    """The default (the authors' code): F and s each mapped to [0, 1] by (x - min)/(max - min)
+    over all penalised parameters together, then added; the penalty is lambda sum w d^2."""
+    bench = blobs()
+    model = _model(bench)
+    rw = make_method("rwalk", lamb=3.0)
+    assert rw.normalize and rw.estimator.normalize
+    rw.setup(model, None)
+    rw.before_task(bench[0])
+    est = rw.estimator
+    gen = torch.Generator().manual_seed(2)
+    params = rw.penalty.params
+    # raw values on very different scales, offset so that the minimum is not 0
+    fisher = {n: 1e-4 * torch.rand(p.shape, generator=gen) + 1e-5 for n, p in params.items()}
+    score = {n: 5.0 * torch.rand(p.shape, generator=gen) + 0.5 for n, p in params.items()}
+    est.fisher = {n: t.clone() for n, t in fisher.items()}
+    est.task_score = {n: t.clone() for n, t in score.items()}  # first task: s as is
+    rw.after_task(bench[0])
+    f_all = torch.cat([t.flatten() for t in fisher.values()])
+    s_all = torch.cat([t.flatten() for t in score.values()])
+    f_lo, f_hi, s_lo, s_hi = f_all.min(), f_all.max(), s_all.min(), s_all.max()
+    weight = rw.penalty.weight
+    for n in params:
+        want = (fisher[n] - f_lo) / (f_hi - f_lo) + (score[n] - s_lo) / (s_hi - s_lo)
+        assert torch.allclose(weight[n], want, rtol=1e-5, atol=1e-6)
+    w_all = torch.cat([weight[n].flatten() for n in params])
+    assert w_all.min() >= 0 and w_all.max() <= 2
+    # each part reaches 0 and 1 exactly once over all layers (global, not per layer)
+    f_norm = torch.cat([((fisher[n] - f_lo) / (f_hi - f_lo)).flatten() for n in params])
+    assert f_norm.min().item() == 0.0 and abs(f_norm.max().item() - 1.0) < 1e-6
+    # the raw running values are kept for the next task
+    assert all(torch.equal(est.fisher[n], fisher[n]) for n in params)
+    assert all(torch.equal(est.mean_score[n], score[n]) for n in params)
+    anchor = {n: p.detach().clone() for n, p in params.items()}
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    want = sum(3.0 * (weight[n] * (p - anchor[n]).square()).sum() for n, p in params.items())
+    assert torch.allclose(rw.regularizer(), want, rtol=1e-5)
+    raw = sum(
+        3.0 * ((fisher[n] + score[n]) * (p - anchor[n]).square()).sum() for n, p in params.items()
+    )
+    assert not torch.allclose(rw.regularizer(), raw, rtol=1e-2)
+
+
+def test_min_max_normalize_is_global_and_constant_input_gives_zeros():
+    a, b = torch.tensor([1.0, 3.0]), torch.tensor([5.0])
+    out = min_max_normalize({"a": a, "b": b})
+    assert torch.allclose(out["a"], torch.tensor([0.0, 0.5])) and torch.allclose(
+        out["b"], torch.ones(1)
+    )
+    zero = min_max_normalize({"a": torch.zeros(3)})
+    assert torch.equal(zero["a"], torch.zeros(3))
+
+
 class _Given(Importance):
     """Returns the importance it is handed: the Fisher of another run."""
 
@@ -200,7 +255,7 @@ def test_without_the_score_it_is_online_ewc_on_the_same_fisher():
     bench = blobs()
     for score in (False, True):
         model = _model(bench)
-        rw = make_method("rwalk", lamb=2.0, score=score, interval=3)
+        rw = make_method("rwalk", lamb=2.0, score=score, interval=3, normalize=False)
         rw.setup(model, None)
         given = _Given()
         ewc = EWC(lamb=4.0, importance=given, online=True, alpha=0.0)

@@ -539,6 +539,19 @@ class PathIntegral(Importance):
         self.prev = {n: t.clone() for n, t in state["prev"].items()}
 
 
+def min_max_normalize(values: ImportanceDict, tiny: float = 1e-32) -> ImportanceDict:
+    """``(x - min) / (max - min + tiny)``, min and max over all the tensors together.
+
+    RWalk's normalisation of ``F`` and ``s`` in the authors' code (global over the layers,
+    ``tiny`` their ``EPSILON``): every value lands in [0, 1]; a constant input gives zeros.
+    """
+    if not values:
+        return {}
+    low = min(v.min() for v in values.values())
+    high = max(v.max() for v in values.values())
+    return {n: (v - low) / (high - low + tiny) for n, v in values.items()}
+
+
 class RiemannianWalk(PathIntegral):
     """RWalk's importance (Chaudhry, Dokania, Ajanthan & Torr, ECCV 2018): ``F + s``.
 
@@ -559,7 +572,10 @@ class RiemannianWalk(PathIntegral):
 
     :meth:`compute` returns ``F + s`` (Eq. 8's weight), the whole accumulated importance: the
     consumer replaces its weight by it (``QuadraticPenalty`` in ``"ema"`` mode with
-    ``alpha=0``). With ``score=False`` it is EWC++'s Fisher alone.
+    ``alpha=0``). With ``normalize`` (the authors' code) each of ``F`` and ``s`` is first
+    min-max normalised to [0, 1] over all parameters together,
+    ``(x - min x) / (max x - min x + 1e-32)``, so the weight lies in [0, 2]; the running raw
+    ``F`` and ``s`` are kept. With ``score=False`` it is EWC++'s Fisher alone.
 
     Args:
         alpha: weight of the *new* squared gradient in the Fisher's moving average (the
@@ -567,6 +583,8 @@ class RiemannianWalk(PathIntegral):
         eps: the damping of the score's denominator (FACIL's ``damping``, 0.1).
         interval: steps per score interval (the paper's ``Delta t``; 10 in the authors' code).
         score: add the path score (False: the Fisher alone, EWC++).
+        normalize: min-max normalise ``F`` and ``s`` each to [0, 1] over all parameters
+            before adding them (the authors' code; False: the raw sum, as FACIL).
         total_gradient: as :class:`PathIntegral` (keep the penalty's part of the gradient).
     """
 
@@ -578,6 +596,7 @@ class RiemannianWalk(PathIntegral):
         eps: float = 0.1,
         interval: int = 10,
         score: bool = True,
+        normalize: bool = True,
         total_gradient: bool = False,
     ) -> None:
         if not eps > 0:
@@ -591,6 +610,7 @@ class RiemannianWalk(PathIntegral):
         self.eps = float(eps)
         self.interval = int(interval)
         self.score = bool(score)
+        self.normalize = bool(normalize)
         self.fisher: ImportanceDict = {}
         self.task_score: ImportanceDict = {}
         self.mean_score: ImportanceDict = {}
@@ -642,11 +662,14 @@ class RiemannianWalk(PathIntegral):
             self.mean_score[n] = s.clone() if old is None else (old + s) / 2
             s.zero_()
         self.n_tasks += 1
-        out = {}
-        for n, p in self.params.items():
-            f = self.fisher.get(n, torch.zeros_like(p, dtype=torch.float32))
-            out[n] = f + self.mean_score[n] if self.score else f.clone()
-        return out
+        zeros = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in self.params.items()}
+        fisher = {n: self.fisher.get(n, zeros[n]) for n in self.params}
+        score = {n: self.mean_score.get(n, zeros[n]) for n in self.params}
+        if self.normalize:  # the authors' code: F and s each to [0, 1] before the sum
+            fisher, score = min_max_normalize(fisher), min_max_normalize(score)
+        if not self.score:
+            return {n: f.clone() for n, f in fisher.items()}
+        return {n: fisher[n] + score[n] for n in self.params}
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -25,7 +25,8 @@ class RWalk(EWC):
     ``"ema"`` mode with ``alpha=0`` (the estimator's ``F + s`` replaces the weight, latest
     anchor); ``score=False`` is EWC++ (online EWC on the iteration-averaged Fisher). No
     exemplar memory: the paper's class-incremental runs add one (docs/methods/rwalk.md).
-    Defaults (``lamb``, ``alpha``, ``eps``) are FACIL's ``r_walk``.
+    Defaults (``lamb``, ``alpha``, ``eps``) are FACIL's ``r_walk``; ``normalize`` (on) is the
+    authors' code, which makes ``lamb`` comparable across benchmarks.
 
     Args:
         lamb: lambda (FACIL's default 1).
@@ -33,6 +34,9 @@ class RWalk(EWC):
         eps: damping of the score's denominator (FACIL's ``damping``, 0.1).
         interval: steps per score interval (the paper's ``Delta t``; the authors' code: 10).
         score: add the path score (False: EWC++ alone).
+        normalize: min-max normalise ``F`` and ``s`` each to [0, 1] over all penalised
+            parameters before the sum (the authors' code, the default; False: raw ``F + s``,
+            FACIL's, whose scale depends on the benchmark and batch size).
         protect, loss_heads: as :class:`~retain.methods.ewc.EWC`; the Fisher and the score
             cover exactly the penalised parameters.
 
@@ -49,10 +53,13 @@ class RWalk(EWC):
         eps: float = 0.1,
         interval: int = 10,
         score: bool = True,
+        normalize: bool = True,
         protect: str = "auto",
         loss_heads: str = "task",
     ) -> None:
-        estimator = RiemannianWalk(alpha=alpha, eps=eps, interval=interval, score=score)
+        estimator = RiemannianWalk(
+            alpha=alpha, eps=eps, interval=interval, score=score, normalize=normalize
+        )
         # alpha=0: the penalty takes the estimator's accumulated F + s as its weight (Eq. 8)
         super().__init__(
             lamb=lamb,
@@ -66,3 +73,4 @@ class RWalk(EWC):
         self.eps = estimator.eps
         self.interval = estimator.interval
         self.score = estimator.score
+        self.normalize = estimator.normalize
