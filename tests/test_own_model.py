@@ -36,7 +36,7 @@ METHODS = sorted(REGISTRY)
 #: methods that refuse a plain MLP-like module, with the one line they say
 REFUSES = {"dynamos": "gating needs a ResNet backbone (with .stages of BasicBlocks)"}
 TASK_AWARE_ONLY = {"hat", "packnet", "supsup", "wsn"}
-OWN_PROCEDURE = {"eidetic", "joint", "packnet"}
+OWN_PROCEDURE = {"eidetic", "gdumb", "joint", "packnet"}
 FEATURES = 16
 
 

@@ -309,6 +309,7 @@ class GDumb(Method):
 
     def batches(self, task: Task, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One epoch over the memory, shuffled by the run's generator."""
+        self.require_procedure()  # a plain loop would draw from an empty memory
         stored = self.memory.get_all()
         size = self.batch_size or batch_size
         data = (stored["x"], stored["y"], stored["task_ids"])
