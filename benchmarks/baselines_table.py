@@ -39,7 +39,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+from retain import config_yaml
 
 #: the methods of the table, in row order
 METHODS = [
@@ -172,7 +172,7 @@ def read_runs(folder: Path) -> list[dict[str, Any]]:
         metrics, timings = cfg.parent / "metrics.json", cfg.parent / "timings.json"
         if not metrics.exists():
             continue
-        config = yaml.safe_load(cfg.read_text())
+        config = config_yaml.load(cfg.read_text())
         m = json.loads(metrics.read_text())
         t = json.loads(timings.read_text()) if timings.exists() else {}
         runs.append(

@@ -474,10 +474,11 @@ def _check_rebuildable(run_dir: Path) -> None:
     (``own_objects`` in its config.yaml) cannot be rebuilt by name: resume it from Python."""
     import yaml
 
+    from retain import config_yaml
     from retain.engine import runio
 
     try:
-        stored = yaml.safe_load((run_dir / runio.CONFIG).read_text())
+        stored = config_yaml.load((run_dir / runio.CONFIG).read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return  # resolve() says what is wrong with the file
     own = stored.get(runio.OWN_OBJECTS) if isinstance(stored, dict) else None

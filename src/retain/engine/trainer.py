@@ -389,8 +389,10 @@ def _restarts(run_path: Path, run_config: dict[str, Any]) -> bool:
         raise FileNotFoundError(f"no checkpoint to resume in {run_path}")
     import yaml
 
+    from retain import config_yaml
+
     try:
-        stored = yaml.safe_load(cfg.read_text())
+        stored = config_yaml.load(cfg.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         stored = None
     if not isinstance(stored, dict):
